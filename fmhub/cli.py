@@ -1,0 +1,167 @@
+"""`fmhub` command line: train | evaluate | predict | push | serve | spaces. Also `python -m fmhub`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+
+from fmhub.config import TrainConfig, load_yaml, resolve_config
+from fmhub.errors import FmhubError
+
+SCENARIOS = ("customer-service", "medical-image", "voice-command")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one clear line, not a usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _field_type(field: dataclasses.Field):
+    hint = typing.get_type_hints(TrainConfig)[field.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = args[0]
+    return hint
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with any of these settings (flags win over it)")
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = _field_type(field)
+        help_text = field.metadata.get("help", "")
+        if field.name == "scenario":
+            parser.add_argument(flag, choices=SCENARIOS, default=None, help=help_text)
+        elif kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=f"{help_text} (default: {field.default})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fmhub", description="Fine-tune foundation-model backbones and serve them as Gradio demos.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="fine-tune a backbone (also under `accelerate launch -m fmhub train`)")
+    add_train_flags(train)
+
+    evaluate = sub.add_parser("evaluate", help="score a saved model; writes all_results.json and plots")
+    evaluate.add_argument("--scenario", choices=SCENARIOS, required=True)
+    evaluate.add_argument("--model", help="saved folder or Hub id (default: the cached embedded default)")
+    evaluate.add_argument("--data", help="Hub dataset id, folder or file (default: the embedded test split)")
+    evaluate.add_argument("--output-dir", help="where the metrics go (default: ./fmhub_eval/<scenario>)")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+
+    predict = sub.add_parser("predict", help="label a JSONL file of inputs")
+    predict.add_argument("--scenario", choices=SCENARIOS, required=True)
+    predict.add_argument("--model", help="saved folder or Hub id (default: the cached embedded default)")
+    predict.add_argument("--input-file", required=True, help='JSONL: {"text": ...} or {"path": ...} per line')
+    predict.add_argument("--output", required=True, help="JSONL written with one result per input line")
+
+    push = sub.add_parser("push", help="push a saved model folder to the Hugging Face Hub")
+    push.add_argument("--model", required=True, help="saved model folder")
+    push.add_argument("--repo-id", required=True, help="user/name")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision", help="branch to push to (created if missing)")
+
+    serve = sub.add_parser("serve", help="run the hub app (same as python app.py)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    for name in SCENARIOS:
+        serve.add_argument(f"--{name}-model", help=f"folder or Hub id for the {name} tab")
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from fmhub.runner import train
+    from fmhub.scenarios import get_scenario
+
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config")}
+    yaml_values = load_yaml(args.config) if args.config else {}
+    scenario = given.get("scenario") or yaml_values.get("scenario") or TrainConfig.scenario
+    config = resolve_config(get_scenario(scenario).defaults, yaml_values, given)
+    train(config)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from fmhub.metrics import headline
+    from fmhub.runner import evaluate
+
+    results = evaluate(args.scenario, args.model, args.data, args.output_dir, args.batch_size)
+    if "output_dir" in results:
+        summary = {**headline(results), **{k: v for k, v in results.items() if k.startswith(("oos_", "local", "false"))}}
+        print(json.dumps(summary, indent=2))
+        print(f"written to {results['output_dir']}/all_results.json", file=sys.stderr)
+    return 0
+
+
+def read_inputs(path: Path, key: str) -> list:
+    if not path.is_file():
+        raise FmhubError(f"input file not found: {path}")
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise FmhubError(f"{path}:{number} is not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict) or key not in row:
+            raise FmhubError(f"{path}:{number} needs a {key!r} field")
+        value = row[key]
+        if key == "path" and isinstance(value, str) and not Path(value).is_absolute():
+            value = str(path.parent / value)  # relative to the input file's folder
+        items.append(value)
+    return items
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from fmhub.scenarios import get_scenario
+    from fmhub.serving import load_predictor
+
+    scenario = get_scenario(args.scenario)
+    items = read_inputs(Path(args.input_file), scenario.input_key)
+    predictor = load_predictor(args.scenario, args.model)
+    results = predictor.predict(items)
+    with open(args.output, "w", encoding="utf-8") as fh:
+        for result in results:
+            fh.write(json.dumps(result, ensure_ascii=False) + "\n")
+    print(f"{len(results)} predictions written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from fmhub.hub import push_model
+
+    url = push_model(Path(args.model), args.repo_id, private=args.private, revision=args.revision)
+    print(f"pushed to {url}")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from fmhub.ui.app import launch_from_args
+
+    launch_from_args(args)
+    return 0
+
+
+COMMANDS = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "push": run_push,
+            "serve": run_serve}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except FmhubError as err:
+        print(f"fmhub {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fmhub {args.command}: interrupted", file=sys.stderr)
+        return 130

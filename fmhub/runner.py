@@ -1,0 +1,198 @@
+"""The train and evaluate commands, for every scenario: data -> preprocess -> engine -> calibrate -> test -> save."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fmhub import checkpoints, reports
+from fmhub.config import TrainConfig
+from fmhub.errors import FmhubError
+from fmhub.metrics import compute_classification_metrics, headline
+from fmhub.paths import default_model_dir
+from fmhub.scenarios import Scenario, get_scenario
+from fmhub.training import (
+    Engine,
+    ProgressCallback,
+    build_dataloader,
+    inverse_frequency_weights,
+    make_accelerator,
+    predict_probs,
+    seed_everything,
+)
+
+EXTRAS_FILE = "fmhub.json"
+
+
+def evaluate_probs(scenario: Scenario, probs, labels, label_names, extras) -> dict:
+    """Shared metrics on the labelled rows plus the scenario's own (out-of-scope recall, ...)."""
+    inside = labels >= 0
+    results = compute_classification_metrics(labels[inside], probs[inside], label_names)
+    results.update(scenario.extra_metrics(probs, labels, extras, label_names))
+    return results
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature scaling on validation predictions (grid search on the negative log-likelihood)."""
+    logits = np.log(np.clip(probs, 1e-12, 1.0))
+    best_t, best_nll = 1.0, np.inf
+    for t in np.exp(np.linspace(np.log(0.25), np.log(8.0), 81)):
+        scaled = logits / t
+        scaled -= scaled.max(axis=1, keepdims=True)
+        log_p = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
+        nll = -log_p[np.arange(len(labels)), labels].mean()
+        if nll < best_nll:
+            best_t, best_nll = float(t), nll
+    return best_t
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    if temperature == 1.0:
+        return probs
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def _prepare_output_dir(config: TrainConfig, scenario: Scenario) -> tuple[Path, Path | None]:
+    """(folder to train in, final cache folder or None). The cache default is trained aside and swapped in."""
+    if config.output_dir:
+        out = Path(config.output_dir).expanduser()
+        if not (config.resume or config.resume_from) and checkpoints.complete_checkpoints(out):
+            raise FmhubError(f"{out} already holds checkpoints of a run; add --resume to continue it, "
+                             "or choose an empty --output-dir")
+        if out.exists() and not out.is_dir():
+            raise FmhubError(f"--output-dir {out} exists and is not a folder")
+        return out, None
+    final = default_model_dir(scenario.name)
+    work = final.parent / f".training-{scenario.name}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    return work, final
+
+
+def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_hook=None) -> Path:
+    """Fine-tune, calibrate, test and save. Returns the saved model folder."""
+    scenario = get_scenario(config.scenario)
+    backbone = scenario.resolve_backbone(config.model)
+    out, final = _prepare_output_dir(config, scenario)
+    accelerator = make_accelerator(config, out)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    started = time.perf_counter()
+    with accelerator.main_process_first():
+        data = scenario.load_data(config)
+    label_names = scenario.label_names(data)
+    model, processor = scenario.build_model(config, label_names)
+    with accelerator.main_process_first():
+        train_ds = scenario.make_dataset(data["train"], processor, config, train=True)
+        val_ds = scenario.make_dataset(data["validation"], processor, config, train=False)
+        test_ds = scenario.make_dataset(data["test"], processor, config, train=False)
+    collate = scenario.collate_fn(processor, config)
+    weights = None
+    if config.class_weights == "auto":
+        weights = inverse_frequency_weights(list(data["train"]["label"]), len(label_names))
+    identity = {"scenario": scenario.name, "backbone": backbone, "label_names": label_names}
+
+    def metrics(labels, probs):
+        keep = labels >= 0
+        return compute_classification_metrics(labels[keep], probs[keep], label_names)
+
+    engine = Engine(config, accelerator, model, train_ds, val_ds, collate, metrics, output_dir=out,
+                    run_identity=identity, class_weights=weights, progress=progress, fault_hook=fault_hook)
+    result = engine.train()
+
+    # calibrate on validation, then score the held-out test split once
+    val_probs, val_labels = predict_probs(engine.model, engine.eval_dl, accelerator)
+    extras = scenario.calibrate(val_probs, val_labels, label_names)
+    if config.temperature_scaling:
+        keep = val_labels >= 0
+        extras["temperature"] = fit_temperature(val_probs[keep], val_labels[keep])
+    test_dl = accelerator.prepare(build_dataloader(test_ds, config, collate, train=False))
+    test_probs, test_labels = predict_probs(engine.model, test_dl, accelerator, extras.get("temperature", 1.0))
+    results = evaluate_probs(scenario, test_probs, test_labels, label_names, extras)
+    results["train_seconds"] = round(time.perf_counter() - started, 1)
+    results["train_steps"] = result.steps
+    results["best_validation_" + config.metric_for_best_model] = result.best_metric
+
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(engine.model)
+        scenario.save_model(unwrapped, processor, out, label_names)
+        config.save(out / "train_config.yaml")
+        reports.write_evaluation(results, out)
+        reports.plot_training_curves(result.history, out / "training_curves.png", config.metric_for_best_model)
+        reports.write_json(out / "training_history.json", {"history": result.history})
+        extras_record = {
+            "scenario": scenario.name, "backbone": backbone, "label_names": label_names,
+            "data": config.data, "pretrained": config.pretrained, **extras,
+            "test_metrics": headline(results), "skipped_batches": result.skipped_batches,
+        }
+        reports.write_json(out / EXTRAS_FILE, extras_record)
+        from fmhub.hub import write_model_card
+
+        write_model_card(out, scenario, config, results, extras_record)
+        for ckpt in checkpoints.complete_checkpoints(out):
+            if final is not None:
+                shutil.rmtree(ckpt, ignore_errors=True)
+        if final is not None:
+            (out / checkpoints.BEST).unlink(missing_ok=True)
+            shutil.rmtree(out / "runs", ignore_errors=True)
+            backup = final.parent / f".old-{scenario.name}-{os.getpid()}"
+            if final.exists():
+                os.replace(final, backup)
+            os.replace(out, final)
+            shutil.rmtree(backup, ignore_errors=True)
+            out = final
+        accelerator.print(f"test: " + ", ".join(f"{k}={v:.4f}" for k, v in headline(results).items()))
+        accelerator.print(f"saved to {out} ({results['train_seconds']:.0f} s)")
+    accelerator.wait_for_everyone()
+    if config.push_to_hub and accelerator.is_main_process:
+        from fmhub.hub import push_model
+
+        push_model(out, config.hub_repo_id, private=config.hub_private)
+    return final or out
+
+
+def read_extras(folder: Path) -> dict:
+    path = Path(folder) / EXTRAS_FILE
+    if not path.is_file():
+        raise FmhubError(f"{folder} is not an fmhub model folder (no {EXTRAS_FILE})")
+    return json.loads(path.read_text())
+
+
+def evaluate(scenario_name: str, model_ref: str | None, data: str | None, output_dir: str | None = None,
+             batch_size: int = 64) -> dict:
+    """Score a saved model on a data set's test split (or a whole file); gathers across processes exactly once."""
+    from fmhub.hub import resolve_model
+
+    scenario = get_scenario(scenario_name)
+    folder = resolve_model(model_ref, scenario.name)
+    extras = read_extras(folder)
+    if extras.get("scenario") != scenario.name:
+        raise FmhubError(f"{model_ref or folder} is a {extras.get('scenario')} model, not {scenario.name}")
+    label_names = extras["label_names"]
+    config = TrainConfig(scenario=scenario.name, data=data, eval_batch_size=batch_size, report_to="none",
+                         **{k: v for k, v in scenario.defaults.items() if k in ("max_length", "image_size")})
+    accelerator = make_accelerator(config, None)
+    model, processor = scenario.load_model(folder)
+    with accelerator.main_process_first():
+        split = scenario.load_eval_split(config, label_names)
+        dataset = scenario.make_dataset(split, processor, config, train=False)
+    loader = build_dataloader(dataset, config, scenario.collate_fn(processor, config), train=False)
+    model, loader = accelerator.prepare(model, loader)
+    probs, labels = predict_probs(model, loader, accelerator, extras.get("temperature", 1.0))
+    results = evaluate_probs(scenario, probs, labels, label_names, extras)
+    results.update(scenario.evaluate_extra(accelerator.unwrap_model(model), processor, split, config, extras)
+                   if hasattr(scenario, "evaluate_extra") else {})
+    results["num_processes"] = accelerator.num_processes
+    if accelerator.is_main_process:
+        target = Path(output_dir or Path("fmhub_eval") / scenario.name)
+        reports.write_evaluation(results, target)
+        results["output_dir"] = str(target)
+    return results
