@@ -204,7 +204,7 @@ class Engine:
         while self.state["epoch"] < config.epochs and not self._finished():
             self._set_trainable(self.state["epoch"])
             self.train_one_epoch(bar)
-            if self._finished() and self.state["batches_in_epoch"] != 0:
+            if self.state["batches_in_epoch"] < len(self.train_dl):
                 self.evaluate_and_track()  # max_steps reached mid-epoch
                 break
             self.state["epoch"] += 1

@@ -9,6 +9,7 @@ import numpy as np
 from fmhub.config import TrainConfig
 from fmhub.data import intents
 from fmhub.errors import FmhubError
+from fmhub.hub import REPO_ID
 from fmhub.models.text import load_pretrained
 from fmhub.scenarios import register_scenario
 from fmhub.scenarios.base import Scenario
@@ -34,7 +35,7 @@ class CustomerService(Scenario):
 
         if config.data is None:
             rows = intents.load_embedded_intents(seed=0)
-        elif Path(config.data).expanduser().exists():
+        elif Path(config.data).expanduser().exists() or not REPO_ID.match(config.data):
             rows = intents.load_text_rows(config.data, seed=config.seed)
         else:
             rows = _hub_rows(config.data)
@@ -139,6 +140,24 @@ class CustomerService(Scenario):
             pred = np.where(accept, probs.argmax(1), -1)
             out["accuracy_with_oos"] = float((pred == labels).mean())
         return out
+
+    def load_eval_split(self, config: TrainConfig, label_names: list[str]):
+        """A single JSONL/CSV file is scored whole; folders and the embedded set use their test split."""
+        path = Path(config.data).expanduser() if config.data else None
+        if path is not None and path.is_file():
+            import datasets
+
+            rows = intents._read_table(path)
+            ids = {name: i for i, name in enumerate(label_names)}
+            unknown = sorted({r["label"] for r in rows} - set(ids) - intents.OOS_ALIASES)
+            if unknown:
+                raise FmhubError(f"{path} has labels the model does not know: {', '.join(unknown[:5])}")
+            features = datasets.Features({"text": datasets.Value("string"),
+                                          "label": datasets.ClassLabel(names=list(label_names))})
+            return datasets.Dataset.from_dict(
+                {"text": [str(r["text"]) for r in rows], "label": [ids.get(r["label"], -1) for r in rows]},
+                features=features)
+        return self.load_data(config, label_names)["test"]
 
     def predictor(self, folder: Path):
         from fmhub.serving import TextIntentPredictor

@@ -1,0 +1,122 @@
+"""The hub app: one tab per scenario, models loaded lazily, hardened for public hosting.
+
+Model choice per tab, in order of precedence: CLI flags (`--customer-service-model`), environment variables
+(`FMHUB_CUSTOMER_SERVICE_MODEL`, ...), a YAML config file (`FMHUB_APP_CONFIG` or `--config`), else the embedded default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from fmhub.ui.models import BOOTSTRAP, ModelSlot  # noqa: E402
+
+log = logging.getLogger("fmhub.app")
+
+# Hardening limits (see RELIABILITY.md): bounded queue and concurrency, upload and image-size caps.
+MAX_FILE_SIZE = "10mb"
+MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb guard: larger images are refused before decoding
+QUEUE_MAX_SIZE = 32
+CONCURRENCY = 2
+TAB_TITLES = {"customer-service": "Customer service", "medical-image": "Medical image", "voice-command": "Voice command"}
+
+
+@dataclass
+class AppConfig:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    models: dict[str, str | None] = field(default_factory=dict)
+    scenarios: tuple[str, ...] = ("customer-service", "medical-image", "voice-command")
+    bootstrap: bool = True  # fine-tune missing embedded defaults in the background at start-up
+
+
+def available_tabs() -> dict:
+    """scenario -> tab builder, for the scenarios whose tab module exists."""
+    builders = {}
+    from fmhub.ui.customer_service import build_customer_service_tab
+
+    builders["customer-service"] = build_customer_service_tab
+    try:
+        from fmhub.ui.medical_image import build_medical_image_tab
+
+        builders["medical-image"] = build_medical_image_tab
+    except ModuleNotFoundError:
+        pass
+    try:
+        from fmhub.ui.voice_command import build_voice_command_tab
+
+        builders["voice-command"] = build_voice_command_tab
+    except ModuleNotFoundError:
+        pass
+    return builders
+
+
+def build_app(config: AppConfig | None = None) -> tuple[gr.Blocks, dict[str, ModelSlot]]:
+    config = config or AppConfig()
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    builders = available_tabs()
+    slots = {s: ModelSlot(s, config.models.get(s)) for s in config.scenarios if s in builders}
+    with gr.Blocks(title="fmhub demo hub", delete_cache=(600, 900)) as demo:
+        gr.Markdown(
+            "# fmhub demo hub\nFine-tuned foundation models, served from this machine: pick a scenario below. "
+            "Models load on first use; on the very first start the embedded defaults are fine-tuned once."
+        )
+        with gr.Tabs():
+            for scenario, slot in slots.items():
+                with gr.Tab(TAB_TITLES[scenario], id=scenario):
+                    builders[scenario](slot)
+    demo.queue(api_open=False, max_size=QUEUE_MAX_SIZE, default_concurrency_limit=CONCURRENCY)
+    if config.bootstrap:
+        for slot in slots.values():
+            if slot.is_default and not slot.cached():
+                BOOTSTRAP.request(slot)
+    return demo, slots
+
+
+def launch(demo: gr.Blocks, config: AppConfig, **kwargs):
+    return demo.launch(
+        server_name=config.host, server_port=config.port, max_file_size=MAX_FILE_SIZE, enable_monitoring=False,
+        share=False, show_error=False, **kwargs,
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> AppConfig:
+    import yaml
+
+    file_values = {}
+    config_path = getattr(args, "config", None) or os.environ.get("FMHUB_APP_CONFIG")
+    if config_path:
+        file_values = yaml.safe_load(Path(config_path).read_text()) or {}
+    models = dict(file_values.get("models", {}))
+    for scenario in TAB_TITLES:
+        env = os.environ.get("FMHUB_" + scenario.upper().replace("-", "_") + "_MODEL")
+        flag = getattr(args, scenario.replace("-", "_") + "_model", None)
+        models[scenario] = flag or env or models.get(scenario)
+    host = getattr(args, "host", None) or os.environ.get("FMHUB_HOST") or file_values.get("host") or "127.0.0.1"
+    port = getattr(args, "port", None) or os.environ.get("FMHUB_PORT") or file_values.get("port") or 7860
+    return AppConfig(host=host, port=int(port), models=models)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="fmhub demo hub")
+    parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 7860)")
+    parser.add_argument("--config", help="YAML file: host, port, models: {scenario: folder or Hub id}")
+    for scenario in TAB_TITLES:
+        parser.add_argument(f"--{scenario}-model", help=f"folder or Hub id for the {scenario} tab")
+    return parser.parse_args(argv)
+
+
+def launch_from_args(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = config_from_args(args)
+    demo, _ = build_app(config)
+    launch(demo, config)

@@ -1,0 +1,53 @@
+"""Shared fixtures: an isolated FMHUB_HOME, no network, and real tiny models built locally from small configs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TQDM_DISABLE"] = "1"  # keep test logs readable
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("fmhub_home")
+    os.environ["FMHUB_HOME"] = str(home)
+    yield home
+
+
+@pytest.fixture(scope="session")
+def tiny_text_backbone(tmp_path_factory) -> Path:
+    """A 2-layer, 64-wide BERT with the MiniLM tokenizer: random weights, real architecture, seconds to train."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from fmhub.models.text import resolve_model_path
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_intent_model(tiny_text_backbone, tmp_path_factory) -> Path:
+    """The tiny backbone fine-tuned on the embedded intent data through the real CLI and loop."""
+    from fmhub.cli import main
+
+    out = tmp_path_factory.mktemp("cs_model")
+    code = main(["train", "--scenario", "customer-service", "--model", str(tiny_text_backbone),
+                 "--output-dir", str(out), "--epochs", "15", "--learning-rate", "2e-3", "--head-learning-rate", "2e-3",
+                 "--batch-size", "32", "--report-to", "none", "--early-stopping-patience", "0"])
+    assert code == 0
+    return out
