@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+import string
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fmhub.config import TrainConfig
 from fmhub.data import intents
@@ -80,11 +83,8 @@ class CustomerService(Scenario):
         return model.eval(), tokenizer
 
     def make_dataset(self, split, tokenizer, config: TrainConfig, train: bool):
-        def tokenize(batch):
-            return tokenizer(batch["text"], truncation=True, max_length=config.max_length)
-
-        tokenized = split.map(tokenize, batched=True, remove_columns=["text"])
-        return tokenized.rename_column("label", "labels").with_format("python")
+        return TextDataset(list(split["text"]), list(split["label"]), tokenizer, config.max_length,
+                           augment=train and config.augment)
 
     def collate_fn(self, tokenizer, config: TrainConfig):
         from transformers import DataCollatorWithPadding
@@ -202,3 +202,45 @@ def _hub_rows(dataset_id: str) -> dict[str, list[dict]]:
             out.setdefault(split, auto[split])
     return out
 
+
+
+class TextDataset(torch.utils.data.Dataset):
+    """Tokenizes on the fly so training can add chat-style noise (typos, lowercase, no punctuation) each epoch."""
+
+    def __init__(self, texts: list[str], labels: list[int], tokenizer, max_length: int, augment: bool = False):
+        self.texts, self.labels, self.tokenizer = texts, labels, tokenizer
+        self.max_length, self.augment = max_length, augment
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> dict:
+        text = self.texts[index]
+        if self.augment:
+            text = chat_noise(text, random)  # `random` is seeded by set_seed and restored on resume
+        encoded = self.tokenizer(text, truncation=True, max_length=self.max_length)
+        return {**encoded, "labels": self.labels[index]}
+
+
+def chat_noise(text: str, rng) -> str:
+    """Half the time unchanged; else one or two of: lowercase, no punctuation, a dropped/swapped/doubled letter."""
+    if rng.random() < 0.5:
+        return text
+    for _ in range(rng.randint(1, 2)):
+        kind = rng.randrange(5)
+        if kind == 0:
+            text = text.lower()
+        elif kind == 1:
+            text = text.translate(str.maketrans("", "", string.punctuation)) or text
+        else:
+            letters = [i for i, c in enumerate(text) if c.isalpha()]
+            if len(letters) < 4:
+                continue
+            i = rng.choice(letters[1:-1])
+            if kind == 2:
+                text = text[:i] + text[i + 1:]
+            elif kind == 3 and i + 1 < len(text):
+                text = text[:i] + text[i + 1] + text[i] + text[i + 2:]
+            else:
+                text = text[:i] + text[i] + text[i:]
+    return text
