@@ -68,7 +68,7 @@ def split_rows(rows: list[dict], seed: int = 0, fractions=(0.7, 0.15, 0.15)) -> 
 
 
 def load_embedded_intents(seed: int = 0) -> dict[str, list[dict]]:
-    """The shipped data set: ~1,150 utterances over the 12 intents and ~300 out-of-scope messages."""
+    """The shipped data set: ~1,750 utterances over the 12 intents and ~400 out-of-scope messages."""
     rows = read_jsonl(package_data("customer_service", "intents.jsonl"))
     oos = [{"text": r["text"], "label": OUT_OF_SCOPE} for r in read_jsonl(package_data("customer_service", "out_of_scope.jsonl"))]
     return _split_with_oos(rows, oos, seed)

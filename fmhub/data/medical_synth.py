@@ -7,7 +7,8 @@ scikit-image's fundus photograph (`retina`), retinal close-up (`microaneurysms`)
 the same pipeline: crop with random zoom / rotation / flip, intensity jitter, a tissue check, a candidate
 lesion site, and a final blur + sensor noise. Only for `lesion` images is a synthetic focal lesion drawn at
 the site before the final blur/noise: an irregular, soft-edged, textured blob, brighter or darker than its
-surroundings, 6-22 % of the image width across. The lesion's pixels are the mask.
+surroundings (a step of 1.8-3x the local texture's standard deviation, 28-90 gray levels), 10-24 % of
+the image width across. The lesion's pixels are the mask.
 
 Cleanup of the sources (so that "normal" crops do not contain lesion-like structures): the two real
 microaneurysms in `microaneurysms()` are inpainted, and the large bright cell in `cell()` is kept out of
@@ -35,8 +36,9 @@ CLASSES = ["normal", "lesion"]
 _SPLIT_CODES = {None: 0, "all": 0, "train": 1, "val": 2, "validation": 2, "test": 3}
 
 # Lesion geometry and contrast (fractions of image width / of the available intensity range).
-LESION_DIAMETER = (0.08, 0.22)
-LESION_CONTRAST = (0.22, 0.42)
+LESION_DIAMETER = (0.10, 0.24)
+LESION_CONTRAST = (1.8, 3.0)  # intensity step, in units of the local background's standard deviation
+LESION_STEP = (28.0, 90.0)  # bounds of that step, in gray levels
 _TISSUE_LEVEL = 28.0  # luminance below this is background (air, black fundus surround)
 _MIN_TISSUE_FRACTION = 0.6
 
@@ -257,14 +259,19 @@ def _draw_lesion(
 
     patch = img[r0:r1, c0:c1]
     lum = _luminance(patch)
-    background = float(np.median(lum[ndi.binary_dilation(mask_patch, iterations=3)]))
+    ring = ndi.binary_dilation(mask_patch, iterations=4) & ~mask_patch
+    local = lum[ring] if ring.sum() >= 8 else lum.ravel()
+    background = float(np.median(lum[ndi.binary_dilation(mask_patch, iterations=2)]))
     if background > 170:
         bright = False
     elif background < 85:
         bright = True
     else:
         bright = bool(rng.random() < 0.5)
-    contrast = rng.uniform(*LESION_CONTRAST)
+    # intensity step: a few times the local texture's spread, within fixed bounds, limited by the headroom
+    step = float(np.clip(rng.uniform(*LESION_CONTRAST) * max(float(local.std()), 12.0), *LESION_STEP))
+    headroom = (255.0 - background) if bright else background
+    contrast = min(step / max(headroom, 1.0), 0.85)
     texture = _smooth_noise(rng, soft.shape, rng.uniform(0.7, 1.5))
     amount = np.clip(soft * contrast * (1.0 + 0.35 * texture), 0.0, 0.9)[..., None]
     if rgb:
