@@ -69,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true")
     push.add_argument("--revision", help="branch to push to (created if missing)")
 
+    spaces = sub.add_parser("spaces", help="Hugging Face Spaces: build or deploy a scenario's Space")
+    spaces_sub = spaces.add_subparsers(dest="spaces_command", required=True, parser_class=_Parser)
+    deploy = spaces_sub.add_parser("deploy", help="create the Space repo and upload a self-contained folder")
+    deploy.add_argument("--scenario", choices=SCENARIOS, required=True)
+    deploy.add_argument("--space-id", required=True, help="user/name of the Space")
+    deploy.add_argument("--model", help="Hub id of the model the Space serves (linked in its README)")
+    deploy.add_argument("--private", action="store_true")
+    build = spaces_sub.add_parser("build", help="write the self-contained Space folder locally")
+    build.add_argument("--scenario", choices=SCENARIOS, required=True)
+    build.add_argument("--output-dir", required=True)
+    build.add_argument("--model", help="Hub id or folder the Space serves")
+
     serve = sub.add_parser("serve", help="run the hub app (same as python app.py)")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
@@ -95,7 +107,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     results = evaluate(args.scenario, args.model, args.data, args.output_dir, args.batch_size)
     if "output_dir" in results:
-        summary = {**headline(results), **{k: v for k, v in results.items() if k.startswith(("oos_", "local", "false"))}}
+        summary = {
+            **headline(results),
+            **{k: v for k, v in results.items() if k.startswith(("oos_", "local", "false"))},
+        }
         print(json.dumps(summary, indent=2))
         print(f"written to {results['output_dir']}/all_results.json", file=sys.stderr)
     return 0
@@ -144,6 +159,16 @@ def run_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_spaces(args: argparse.Namespace) -> int:
+    from fmhub.spaces import deploy_space, write_space_folder
+
+    if args.spaces_command == "deploy":
+        print(f"deployed to {deploy_space(args.scenario, args.space_id, args.model, private=args.private)}")
+    else:
+        print(f"Space folder written to {write_space_folder(args.scenario, Path(args.output_dir), args.model)}")
+    return 0
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from fmhub.ui.app import launch_from_args
 
@@ -151,8 +176,14 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "push": run_push,
-            "serve": run_serve}
+COMMANDS = {
+    "train": run_train,
+    "evaluate": run_evaluate,
+    "predict": run_predict,
+    "push": run_push,
+    "spaces": run_spaces,
+    "serve": run_serve,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,11 +28,17 @@ CHOICES = {
 class TrainConfig:
     """Everything that defines a fine-tuning run. Field comments double as CLI help."""
 
-    scenario: str = field(default="customer-service", metadata={"help": "customer-service | medical-image | voice-command"})
+    scenario: str = field(
+        default="customer-service", metadata={"help": "customer-service | medical-image | voice-command"}
+    )
     model: str | None = field(default=None, metadata={"help": "backbone: transformers model id / timm name / folder"})
-    data: str | None = field(default=None, metadata={"help": "Hub dataset id, local folder or file; default: embedded"})
+    data: str | None = field(
+        default=None, metadata={"help": "Hub dataset id, local folder or file; default: embedded"}
+    )
     output_dir: str | None = field(default=None, metadata={"help": "where the saved model goes; default: the cache"})
-    pretrained: bool = field(default=True, metadata={"help": "start from pretrained weights (--no-pretrained: scratch)"})
+    pretrained: bool = field(
+        default=True, metadata={"help": "start from pretrained weights (--no-pretrained: scratch)"}
+    )
 
     epochs: int = field(default=5, metadata={"help": "maximum number of epochs"})
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
@@ -80,7 +86,9 @@ class TrainConfig:
     def validate(self) -> None:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise FmhubError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise FmhubError(
+                    f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
         positive = ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_length")
         for name in positive:
             if int(getattr(self, name)) < 1:
@@ -134,7 +142,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in values.items()}
 
 
-def resolve_config(scenario_defaults: dict[str, Any], yaml_values: dict[str, Any], cli_values: dict[str, Any]) -> TrainConfig:
+def resolve_config(
+    scenario_defaults: dict[str, Any], yaml_values: dict[str, Any], cli_values: dict[str, Any]
+) -> TrainConfig:
     """Merge the layers; later ones win. `cli_values` holds only flags the user actually gave."""
     merged: dict[str, Any] = {}
     for layer in (scenario_defaults, yaml_values, cli_values):

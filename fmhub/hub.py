@@ -61,7 +61,9 @@ def download_model(repo_id: str, revision: str | None = None) -> Path:
         raise FmhubError(f"downloading {repo_id!r} failed: {_redact(str(err))}") from None
 
 
-def _redact(text: str) -> str:
+def _redact(text: str, token: str | None = None) -> str:
+    if token:
+        text = text.replace(token, "***")
     return re.sub(r"hf_[A-Za-z0-9]{6,}", "hf_***", text)
 
 
@@ -171,5 +173,89 @@ def card_summary(folder: Path) -> dict:
             "test_metrics": extras.get("test_metrics", {})}
 
 
+UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "best_model.safetensors", "runs/**",
+                 ".*.tmp"]
+
+
+def check_repo_id(repo_id: str) -> None:
+    if not isinstance(repo_id, str) or not REPO_ID.match(repo_id) or ".." in repo_id or "--" in repo_id:
+        raise FmhubError(f"invalid repo id {repo_id!r}: use user/name (letters, digits, '-', '_', '.')")
+
+
+def hub_token() -> str:
+    """HF_TOKEN or the saved login; never printed."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise FmhubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then try again")
+    return token
+
+
+def check_label_maps(folder: Path) -> list[str]:
+    """The label map must agree everywhere before anything is uploaded; returns the label names."""
+    folder = Path(folder)
+    if not (folder / "fmhub.json").is_file() or not (folder / "config.json").is_file():
+        raise FmhubError(f"{folder} is not an fmhub model folder (needs fmhub.json and config.json); "
+                         "train one with `fmhub train --output-dir ...`")
+    extras = json.loads((folder / "fmhub.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    names = list(extras.get("label_names") or [])
+    if "id2label" in config:
+        id2label = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+        label2id = config.get("label2id", {})
+        if id2label != names:
+            raise FmhubError(f"label maps disagree: config.json id2label {id2label[:4]}... vs fmhub.json {names[:4]}...")
+        if {k: int(v) for k, v in label2id.items()} != {n: i for i, n in enumerate(names)}:
+            raise FmhubError("label maps disagree: config.json label2id is not the inverse of id2label")
+    if "label_names" in config and list(config["label_names"]) != names:
+        raise FmhubError("label maps disagree: config.json label_names differs from fmhub.json")
+    if not names or any(re.fullmatch(r"LABEL_\d+", n) for n in names):
+        raise FmhubError("the model has placeholder labels (LABEL_0, ...); give real label names before pushing")
+    return names
+
+
+def check_weights_finite(folder: Path) -> None:
+    from safetensors import safe_open
+
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise FmhubError(f"{folder} has no model.safetensors")
+    import torch
+
+    with safe_open(str(path), framework="pt") as fh:
+        for key in fh.keys():
+            tensor = fh.get_tensor(key)
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise FmhubError(f"refusing to push: weight {key} holds NaN/Inf values")
+
+
 def push_model(folder: Path, repo_id: str, private: bool = False, revision: str | None = None) -> str:
-    raise FmhubError("pushing is not available yet")
+    """create_repo(exist_ok=True) + upload_folder, after checking the repo id, token, labels and weights."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    check_repo_id(repo_id)
+    folder = Path(folder)
+    check_label_maps(folder)
+    check_weights_finite(folder)
+    token = hub_token()
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
+                                 commit_message="Upload model trained with fmhub", ignore_patterns=UPLOAD_IGNORE)
+    except HfHubHTTPError as err:
+        raise FmhubError(f"push to {repo_id} failed: {_redact(str(err).splitlines()[0], token)} "
+                         "(the local folder is unchanged; re-run to retry)") from None
+    except (OSError, ConnectionError) as err:  # network errors, dropped connections
+        raise FmhubError(f"push to {repo_id} failed: {_redact(type(err).__name__ + ': ' + str(err), token)} "
+                         "(the local folder is unchanged; re-run to retry)") from None
+    except Exception as err:  # httpx transport errors are not OSErrors
+        if type(err).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
+            raise FmhubError(f"push to {repo_id} failed: connection error ({type(err).__name__}); "
+                             "the local folder is unchanged; re-run to retry") from None
+        raise
+    return getattr(info, "commit_url", None) or f"{api.endpoint}/{repo_id}"

@@ -31,7 +31,9 @@ def per_class_report(results: dict) -> str:
     rows = [f"{'class':<24}{'precision':>10}{'recall':>10}{'specif.':>10}{'f1':>10}{'support':>9}"]
     for name, m in results["per_class"].items():
         spec = "-" if m["specificity"] is None else f"{m['specificity']:.3f}"
-        rows.append(f"{name:<24}{m['precision']:>10.3f}{m['recall']:>10.3f}{spec:>10}{m['f1']:>10.3f}{m['support']:>9}")
+        rows.append(
+            f"{name:<24}{m['precision']:>10.3f}{m['recall']:>10.3f}{spec:>10}{m['f1']:>10.3f}{m['support']:>9}"
+        )
     rows.append("")
     for key in ("accuracy", "macro_f1", "macro_precision", "macro_recall", "roc_auc", "ece"):
         if results.get(key) is not None:

@@ -65,8 +65,10 @@ def _prepare_output_dir(config: TrainConfig, scenario: Scenario) -> tuple[Path, 
     if config.output_dir:
         out = Path(config.output_dir).expanduser()
         if not (config.resume or config.resume_from) and checkpoints.complete_checkpoints(out):
-            raise FmhubError(f"{out} already holds checkpoints of a run; add --resume to continue it, "
-                             "or choose an empty --output-dir")
+            raise FmhubError(
+                f"{out} already holds checkpoints of a run; add --resume to continue it, "
+                "or choose an empty --output-dir"
+            )
         if out.exists() and not out.is_dir():
             raise FmhubError(f"--output-dir {out} exists and is not a folder")
         return out, None
@@ -104,8 +106,20 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_h
         keep = labels >= 0
         return compute_classification_metrics(labels[keep], probs[keep], label_names)
 
-    engine = Engine(config, accelerator, model, train_ds, val_ds, collate, metrics, output_dir=out,
-                    run_identity=identity, class_weights=weights, progress=progress, fault_hook=fault_hook)
+    engine = Engine(
+        config,
+        accelerator,
+        model,
+        train_ds,
+        val_ds,
+        collate,
+        metrics,
+        output_dir=out,
+        run_identity=identity,
+        class_weights=weights,
+        progress=progress,
+        fault_hook=fault_hook,
+    )
     result = engine.train()
 
     # calibrate on validation, then score the held-out test split once
@@ -117,6 +131,10 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_h
     test_dl = accelerator.prepare(build_dataloader(test_ds, config, collate, train=False))
     test_probs, test_labels = predict_probs(engine.model, test_dl, accelerator, extras.get("temperature", 1.0))
     results = evaluate_probs(scenario, test_probs, test_labels, label_names, extras)
+    # scenario metrics that need the model itself (Grad-CAM localisation, false accepts per hour on a stream)
+    results.update(
+        scenario.evaluate_extra(accelerator.unwrap_model(engine.model), processor, data["test"], config, extras)
+    )
     results["train_seconds"] = round(time.perf_counter() - started, 1)
     results["train_steps"] = result.steps
     results["best_validation_" + config.metric_for_best_model] = result.best_metric
@@ -129,9 +147,14 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_h
         reports.plot_training_curves(result.history, out / "training_curves.png", config.metric_for_best_model)
         reports.write_json(out / "training_history.json", {"history": result.history})
         extras_record = {
-            "scenario": scenario.name, "backbone": backbone, "label_names": label_names,
-            "data": config.data, "pretrained": config.pretrained, **extras,
-            "test_metrics": headline(results), "skipped_batches": result.skipped_batches,
+            "scenario": scenario.name,
+            "backbone": backbone,
+            "label_names": label_names,
+            "data": config.data,
+            "pretrained": config.pretrained,
+            **extras,
+            "test_metrics": headline(results),
+            "skipped_batches": result.skipped_batches,
         }
         reports.write_json(out / EXTRAS_FILE, extras_record)
         from fmhub.hub import write_model_card
@@ -149,7 +172,7 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_h
             os.replace(out, final)
             shutil.rmtree(backup, ignore_errors=True)
             out = final
-        accelerator.print(f"test: " + ", ".join(f"{k}={v:.4f}" for k, v in headline(results).items()))
+        accelerator.print("test: " + ", ".join(f"{k}={v:.4f}" for k, v in headline(results).items()))
         accelerator.print(f"saved to {out} ({results['train_seconds']:.0f} s)")
     accelerator.wait_for_everyone()
     if config.push_to_hub and accelerator.is_main_process:
@@ -166,8 +189,9 @@ def read_extras(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def evaluate(scenario_name: str, model_ref: str | None, data: str | None, output_dir: str | None = None,
-             batch_size: int = 64) -> dict:
+def evaluate(
+    scenario_name: str, model_ref: str | None, data: str | None, output_dir: str | None = None, batch_size: int = 64
+) -> dict:
     """Score a saved model on a data set's test split (or a whole file); gathers across processes exactly once."""
     from fmhub.hub import resolve_model
 
@@ -177,8 +201,13 @@ def evaluate(scenario_name: str, model_ref: str | None, data: str | None, output
     if extras.get("scenario") != scenario.name:
         raise FmhubError(f"{model_ref or folder} is a {extras.get('scenario')} model, not {scenario.name}")
     label_names = extras["label_names"]
-    config = TrainConfig(scenario=scenario.name, data=data, eval_batch_size=batch_size, report_to="none",
-                         **{k: v for k, v in scenario.defaults.items() if k in ("max_length", "image_size")})
+    config = TrainConfig(
+        scenario=scenario.name,
+        data=data,
+        eval_batch_size=batch_size,
+        report_to="none",
+        **{k: v for k, v in scenario.defaults.items() if k in ("max_length", "image_size")},
+    )
     accelerator = make_accelerator(config, None)
     model, processor = scenario.load_model(folder)
     with accelerator.main_process_first():
@@ -188,8 +217,7 @@ def evaluate(scenario_name: str, model_ref: str | None, data: str | None, output
     model, loader = accelerator.prepare(model, loader)
     probs, labels = predict_probs(model, loader, accelerator, extras.get("temperature", 1.0))
     results = evaluate_probs(scenario, probs, labels, label_names, extras)
-    results.update(scenario.evaluate_extra(accelerator.unwrap_model(model), processor, split, config, extras)
-                   if hasattr(scenario, "evaluate_extra") else {})
+    results.update(scenario.evaluate_extra(accelerator.unwrap_model(model), processor, split, config, extras))
     results["num_processes"] = accelerator.num_processes
     if accelerator.is_main_process:
         target = Path(output_dir or Path("fmhub_eval") / scenario.name)

@@ -16,8 +16,10 @@ from fmhub.errors import FmhubError
 MAX_TEXT_CHARS = 2000  # server-side cap before tokenization; the tokenizer also truncates to the model maximum
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
-HANDOFF_MESSAGE = ("I'm not sure I can help with that here, so I'm passing you to a human colleague. "
-                   "Someone from our support team will reply in this chat shortly.")
+HANDOFF_MESSAGE = (
+    "I'm not sure I can help with that here, so I'm passing you to a human colleague. "
+    "Someone from our support team will reply in this chat shortly."
+)
 
 
 def clean_text(text) -> str:
@@ -72,7 +74,7 @@ class TextIntentPredictor(Predictor):
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         out = []
         for start in range(0, len(texts), batch_size):
-            chunk = texts[start:start + batch_size]
+            chunk = texts[start : start + batch_size]
             enc = self.processor(chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
             with self._lock:
                 logits = self.model(**enc).logits.float()
@@ -88,8 +90,14 @@ class TextIntentPredictor(Predictor):
             results[i] = self._decide(p)
         for i, t in enumerate(cleaned):
             if not t:
-                results[i] = {"label": "empty", "score": 0.0, "scores": {}, "intent": None,
-                              "answer": "Please type a message so I can help.", "handoff": False}
+                results[i] = {
+                    "label": "empty",
+                    "score": 0.0,
+                    "scores": {},
+                    "intent": None,
+                    "answer": "Please type a message so I can help.",
+                    "handoff": False,
+                }
         return results
 
     def _decide(self, probs: np.ndarray) -> dict:
@@ -102,8 +110,14 @@ class TextIntentPredictor(Predictor):
             answer = HANDOFF_MESSAGE
         else:
             answer = self.faq.get(intent) or f"(intent: {intent})"
-        return {"label": label, "score": round(score, 6), "scores": self.scores_dict(probs), "intent": intent,
-                "answer": answer, "handoff": handoff}
+        return {
+            "label": label,
+            "score": round(score, 6),
+            "scores": self.scores_dict(probs),
+            "intent": intent,
+            "answer": answer,
+            "handoff": handoff,
+        }
 
 
 _CACHE: dict[tuple[str, str], Predictor] = {}

@@ -33,8 +33,14 @@ def tiny_text_backbone(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -46,8 +52,28 @@ def tiny_intent_model(tiny_text_backbone, tmp_path_factory) -> Path:
     from fmhub.cli import main
 
     out = tmp_path_factory.mktemp("cs_model")
-    code = main(["train", "--scenario", "customer-service", "--model", str(tiny_text_backbone),
-                 "--output-dir", str(out), "--epochs", "15", "--learning-rate", "2e-3", "--head-learning-rate", "2e-3",
-                 "--batch-size", "32", "--report-to", "none", "--early-stopping-patience", "0"])
+    code = main(
+        [
+            "train",
+            "--scenario",
+            "customer-service",
+            "--model",
+            str(tiny_text_backbone),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "15",
+            "--learning-rate",
+            "2e-3",
+            "--head-learning-rate",
+            "2e-3",
+            "--batch-size",
+            "32",
+            "--report-to",
+            "none",
+            "--early-stopping-patience",
+            "0",
+        ]
+    )
     assert code == 0
     return out

@@ -11,8 +11,9 @@ from fmhub.ui.app import AppConfig, build_app, launch
 
 @pytest.fixture(scope="module")
 def app_url(tiny_intent_model):
-    config = AppConfig(port=0, models={"customer-service": str(tiny_intent_model)}, scenarios=("customer-service",),
-                       bootstrap=False)
+    config = AppConfig(
+        port=0, models={"customer-service": str(tiny_intent_model)}, scenarios=("customer-service",), bootstrap=False
+    )
     config.port = None  # let Gradio pick a free port
     demo, slots = build_app(config)
     launch(demo, config, prevent_thread_lock=True)
@@ -39,8 +40,11 @@ def test_classify_api_returns_the_prediction_contract(app_url):
     assert set(result["scores"]) == set(intents.INTENTS)
 
 
-@pytest.mark.parametrize("text", ["", "   ", "x" * 100_000, "a\x00b", "🙂" * 50, "مرحبا"],
-                         ids=["empty", "spaces", "100k", "nul", "emoji", "rtl"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "x" * 100_000, "a\x00b", "🙂" * 50, "مرحبا"],
+    ids=["empty", "spaces", "100k", "nul", "emoji", "rtl"],
+)
 def test_bad_text_over_the_api_gets_a_reply(app_url, text):
     client = Client(app_url, verbose=False)
     history, _, _, _ = client.predict(text, [], api_name="/chat")

@@ -31,9 +31,18 @@ def test_embedded_data_is_large_varied_and_split_without_leaks():
 
 def test_training_writes_a_standard_folder_with_results(tiny_intent_model):
     folder = tiny_intent_model
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "fmhub.json", "all_results.json",
-                 "classification_report.txt", "confusion_matrix.png", "train_config.yaml", "README.md",
-                 "training_curves.png"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "fmhub.json",
+        "all_results.json",
+        "classification_report.txt",
+        "confusion_matrix.png",
+        "train_config.yaml",
+        "README.md",
+        "training_curves.png",
+    ):
         assert (folder / name).is_file(), name
     config = json.loads((folder / "config.json").read_text())
     assert sorted(config["id2label"].values()) == sorted(intents.INTENTS)
@@ -62,8 +71,17 @@ def test_saved_folder_loads_with_plain_transformers_pipeline(tiny_intent_model):
 
 
 def test_evaluate_cli_writes_metrics(tiny_intent_model, tmp_path, capsys):
-    code = main(["evaluate", "--scenario", "customer-service", "--model", str(tiny_intent_model),
-                 "--output-dir", str(tmp_path)])
+    code = main(
+        [
+            "evaluate",
+            "--scenario",
+            "customer-service",
+            "--model",
+            str(tiny_intent_model),
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert {"accuracy", "macro_f1", "roc_auc"} <= set(printed)
@@ -77,11 +95,29 @@ def test_evaluate_cli_writes_metrics(tiny_intent_model, tmp_path, capsys):
 
 def test_evaluate_on_a_jsonl_file(tiny_intent_model, tmp_path):
     data = tmp_path / "mine.jsonl"
-    rows = [{"text": "where is my parcel", "label": "order_status"}, {"text": "hello!", "label": "greeting"},
-            {"text": "please cancel it", "label": "cancel_order"}, {"text": "bye now", "label": "goodbye"}]
+    rows = [
+        {"text": "where is my parcel", "label": "order_status"},
+        {"text": "hello!", "label": "greeting"},
+        {"text": "please cancel it", "label": "cancel_order"},
+        {"text": "bye now", "label": "goodbye"},
+    ]
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    assert main(["evaluate", "--scenario", "customer-service", "--model", str(tiny_intent_model),
-                 "--data", str(data), "--output-dir", str(tmp_path / "ev")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--scenario",
+                "customer-service",
+                "--model",
+                str(tiny_intent_model),
+                "--data",
+                str(data),
+                "--output-dir",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "ev" / "all_results.json").read_text())["num_examples"] == 4
 
 
@@ -90,8 +126,22 @@ def test_predict_cli_jsonl_contract(tiny_intent_model, tmp_path):
     texts = ["where is my package", "I want to talk to a human", "", "🙂🙂", "مرحبا، أين طلبي؟"]
     inputs.write_text("\n".join(json.dumps({"text": t}) for t in texts))
     out = tmp_path / "out.jsonl"
-    assert main(["predict", "--scenario", "customer-service", "--model", str(tiny_intent_model),
-                 "--input-file", str(inputs), "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--scenario",
+                "customer-service",
+                "--model",
+                str(tiny_intent_model),
+                "--input-file",
+                str(inputs),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == len(texts)
     for line in lines:
@@ -131,8 +181,16 @@ def _one_hot(predictor, label):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "   \n\t ", "a" * 100_000, "order\x00status\x07 where", "where is \ud800 my order", "📦📦📦 where??",
-     "أين طلبي", "שלום, איפה ההזמנה שלי"],
+    [
+        "",
+        "   \n\t ",
+        "a" * 100_000,
+        "order\x00status\x07 where",
+        "where is \ud800 my order",
+        "📦📦📦 where??",
+        "أين طلبي",
+        "שלום, איפה ההזמנה שלי",
+    ],
     ids=["empty", "whitespace", "100k", "control", "surrogate", "emoji", "arabic", "hebrew"],
 )
 def test_bad_text_gets_a_clear_reply(tiny_intent_model, text):
@@ -148,12 +206,36 @@ def test_bad_text_gets_a_clear_reply(tiny_intent_model, text):
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
-    assert main(["train", "--scenario", "customer-service", "--data", str(tmp_path / "missing.jsonl"),
-                 "--output-dir", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--scenario",
+                "customer-service",
+                "--data",
+                str(tmp_path / "missing.jsonl"),
+                "--output-dir",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data not found" in err[0]
-    assert main(["train", "--scenario", "customer-service", "--model", "no-such-user/no-such-model",
-                 "--output-dir", str(tmp_path / "o2")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--scenario",
+                "customer-service",
+                "--model",
+                "no-such-user/no-such-model",
+                "--output-dir",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-such-user/no-such-model" in err[-1]
     with pytest.raises(SystemExit) as exc:

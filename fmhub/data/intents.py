@@ -16,8 +16,18 @@ from fmhub.errors import FmhubError
 from fmhub.paths import package_data
 
 INTENTS = [
-    "order_status", "cancel_order", "return_refund", "change_address", "shipping_info", "payment_problem",
-    "account_access", "product_availability", "damaged_or_wrong_item", "human_agent", "greeting", "goodbye",
+    "order_status",
+    "cancel_order",
+    "return_refund",
+    "change_address",
+    "shipping_info",
+    "payment_problem",
+    "account_access",
+    "product_availability",
+    "damaged_or_wrong_item",
+    "human_agent",
+    "greeting",
+    "goodbye",
 ]
 OUT_OF_SCOPE = "out_of_scope"
 OOS_ALIASES = {"out_of_scope", "oos", "out-of-scope", "none", "other"}
@@ -62,15 +72,18 @@ def split_rows(rows: list[dict], seed: int = 0, fractions=(0.7, 0.15, 0.15)) -> 
         n_val = max(1, round(fractions[1] * len(items)))
         n_test = max(1, round(fractions[2] * len(items)))
         out["validation"] += items[:n_val]
-        out["test"] += items[n_val:n_val + n_test]
-        out["train"] += items[n_val + n_test:]
+        out["test"] += items[n_val : n_val + n_test]
+        out["train"] += items[n_val + n_test :]
     return out
 
 
 def load_embedded_intents(seed: int = 0) -> dict[str, list[dict]]:
     """The shipped data set: ~1,750 utterances over the 12 intents and ~400 out-of-scope messages."""
     rows = read_jsonl(package_data("customer_service", "intents.jsonl"))
-    oos = [{"text": r["text"], "label": OUT_OF_SCOPE} for r in read_jsonl(package_data("customer_service", "out_of_scope.jsonl"))]
+    oos = [
+        {"text": r["text"], "label": OUT_OF_SCOPE}
+        for r in read_jsonl(package_data("customer_service", "out_of_scope.jsonl"))
+    ]
     return _split_with_oos(rows, oos, seed)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 MODULES = Path(__file__).parent / "modules"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_metric(name: str) -> evaluate.EvaluationModule:
     """`evaluate.load` on the local module file: the same code path as a Hub metric, without the Hub."""
     return evaluate.load(str(MODULES / f"{name}.py"))

@@ -67,6 +67,10 @@ class Scenario:
         """Scenario metrics beyond the shared ones (out-of-scope recall, localisation, false accepts/hour)."""
         return {}
 
+    def evaluate_extra(self, model, processor, split, config: TrainConfig, extras: dict) -> dict:
+        """Metrics that need the model itself, run once after testing (main process is enough)."""
+        return {}
+
     def predictor(self, folder: Path):
         raise NotImplementedError
 

@@ -28,8 +28,15 @@ class CustomerService(Scenario):
     default_labels = intents.INTENTS
     input_key = "text"
     defaults = {
-        "epochs": 10, "batch_size": 32, "learning_rate": 1e-4, "head_learning_rate": 1e-3, "warmup_ratio": 0.1,
-        "max_length": 64, "early_stopping_patience": 3, "metric_for_best_model": "macro_f1", "augment": False,
+        "epochs": 10,
+        "batch_size": 32,
+        "learning_rate": 1e-4,
+        "head_learning_rate": 1e-3,
+        "warmup_ratio": 0.1,
+        "max_length": 64,
+        "early_stopping_patience": 3,
+        "metric_for_best_model": "macro_f1",
+        "augment": False,
     }
 
     # -- data ---------------------------------------------------------------------------------------------------
@@ -69,9 +76,13 @@ class CustomerService(Scenario):
         backbone = self.resolve_backbone(config.model)
         tokenizer = load_pretrained(AutoTokenizer, backbone, "tokenizer")
         model = load_pretrained(
-            AutoModelForSequenceClassification, backbone, "text model",
-            num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-            label2id={n: i for i, n in enumerate(label_names)}, ignore_mismatched_sizes=True,
+            AutoModelForSequenceClassification,
+            backbone,
+            "text model",
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)},
+            ignore_mismatched_sizes=True,
         )
         return model, tokenizer
 
@@ -83,8 +94,9 @@ class CustomerService(Scenario):
         return model.eval(), tokenizer
 
     def make_dataset(self, split, tokenizer, config: TrainConfig, train: bool):
-        return TextDataset(list(split["text"]), list(split["label"]), tokenizer, config.max_length,
-                           augment=train and config.augment)
+        return TextDataset(
+            list(split["text"]), list(split["label"]), tokenizer, config.max_length, augment=train and config.augment
+        )
 
     def collate_fn(self, tokenizer, config: TrainConfig):
         from transformers import DataCollatorWithPadding
@@ -109,8 +121,11 @@ class CustomerService(Scenario):
         if not (~inside).any():
             correct = confidence[inside & (preds == labels)]
             threshold = float(np.quantile(correct, 0.02)) if len(correct) else 0.5
-            return {"oos_threshold": threshold, "oos_calibration": "2nd percentile of correct validation answers",
-                    "faq": faq}
+            return {
+                "oos_threshold": threshold,
+                "oos_calibration": "2nd percentile of correct validation answers",
+                "faq": faq,
+            }
         candidates = np.unique(np.concatenate([confidence, [0.0]]))
         best, threshold = -1.0, 0.0
         for t in candidates:
@@ -152,11 +167,13 @@ class CustomerService(Scenario):
             unknown = sorted({r["label"] for r in rows} - set(ids) - intents.OOS_ALIASES)
             if unknown:
                 raise FmhubError(f"{path} has labels the model does not know: {', '.join(unknown[:5])}")
-            features = datasets.Features({"text": datasets.Value("string"),
-                                          "label": datasets.ClassLabel(names=list(label_names))})
+            features = datasets.Features(
+                {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(label_names))}
+            )
             return datasets.Dataset.from_dict(
                 {"text": [str(r["text"]) for r in rows], "label": [ids.get(r["label"], -1) for r in rows]},
-                features=features)
+                features=features,
+            )
         return self.load_data(config, label_names)["test"]
 
     def predictor(self, folder: Path):
@@ -171,13 +188,15 @@ class CustomerService(Scenario):
             "data_description": (
                 "fmhub's embedded customer-service intent set: about 1,750 English customer messages written by the "
                 "fmhub team over 12 intents, plus about 400 out-of-scope messages used for outlier exposure and to "
-                "calibrate the out-of-scope threshold." if data_source is None else f"`{data_source}`"
+                "calibrate the out-of-scope threshold."
+                if data_source is None
+                else f"`{data_source}`"
             ),
             "intended_use": "Intent detection for an online shop's chat assistant, with FAQ answers and a hand-off "
-                            "to a human for `human_agent` and out-of-scope messages.",
+            "to a human for `human_agent` and out-of-scope messages.",
             "limitations": "English only; trained on short chat messages about orders, delivery, payments and "
-                           "accounts. Messages outside these topics should fall below the out-of-scope threshold, "
-                           "but no threshold is perfect: keep the human hand-off.",
+            "accounts. Messages outside these topics should fall below the out-of-scope threshold, "
+            "but no threshold is perfect: keep the human hand-off.",
         }
 
 
@@ -187,21 +206,24 @@ def _hub_rows(dataset_id: str) -> dict[str, list[dict]]:
     try:
         ds = datasets.load_dataset(dataset_id)
     except Exception as err:  # datasets raises many types for a missing or unreachable id
-        raise FmhubError(f"cannot load data {dataset_id!r}: not a local file or folder, and the Hub said: "
-                         f"{str(err).splitlines()[0][:200]}") from None
+        raise FmhubError(
+            f"cannot load data {dataset_id!r}: not a local file or folder, and the Hub said: "
+            f"{str(err).splitlines()[0][:200]}"
+        ) from None
     label_feature = ds["train"].features.get("label")
     out = {}
     for split, name in (("train", "train"), ("validation", "validation"), ("test", "test")):
         if name in ds:
             part = ds[name]
             names = label_feature.names if hasattr(label_feature, "names") else None
-            out[split] = [{"text": t, "label": names[y] if names else str(y)} for t, y in zip(part["text"], part["label"])]
+            out[split] = [
+                {"text": t, "label": names[y] if names else str(y)} for t, y in zip(part["text"], part["label"])
+            ]
     if len(out) < 3:
         auto = intents.split_rows(out["train"])
         for split in intents.SPLITS:
             out.setdefault(split, auto[split])
     return out
-
 
 
 class TextDataset(torch.utils.data.Dataset):
@@ -238,9 +260,9 @@ def chat_noise(text: str, rng) -> str:
                 continue
             i = rng.choice(letters[1:-1])
             if kind == 2:
-                text = text[:i] + text[i + 1:]
+                text = text[:i] + text[i + 1 :]
             elif kind == 3 and i + 1 < len(text):
-                text = text[:i] + text[i + 1] + text[i] + text[i + 2:]
+                text = text[:i] + text[i + 1] + text[i] + text[i + 2 :]
             else:
                 text = text[:i] + text[i] + text[i:]
     return text

@@ -1,7 +1,8 @@
 """The hub app: one tab per scenario, models loaded lazily, hardened for public hosting.
 
 Model choice per tab, in order of precedence: CLI flags (`--customer-service-model`), environment variables
-(`FMHUB_CUSTOMER_SERVICE_MODEL`, ...), a YAML config file (`FMHUB_APP_CONFIG` or `--config`), else the embedded default.
+(`FMHUB_CUSTOMER_SERVICE_MODEL`, ...), a YAML config file (`FMHUB_APP_CONFIG` or `--config`), else the embedded
+default.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ MAX_FILE_SIZE = "10mb"
 MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb guard: larger images are refused before decoding
 QUEUE_MAX_SIZE = 32
 CONCURRENCY = 2
-TAB_TITLES = {"customer-service": "Customer service", "medical-image": "Medical image", "voice-command": "Voice command"}
+TAB_TITLES = {
+    "customer-service": "Customer service",
+    "medical-image": "Medical image",
+    "voice-command": "Voice command",
+}
 
 
 @dataclass
@@ -83,8 +88,13 @@ def build_app(config: AppConfig | None = None) -> tuple[gr.Blocks, dict[str, Mod
 
 def launch(demo: gr.Blocks, config: AppConfig, **kwargs):
     return demo.launch(
-        server_name=config.host, server_port=config.port, max_file_size=MAX_FILE_SIZE, enable_monitoring=False,
-        share=False, show_error=False, **kwargs,
+        server_name=config.host,
+        server_port=config.port,
+        max_file_size=MAX_FILE_SIZE,
+        enable_monitoring=False,
+        share=False,
+        show_error=False,
+        **kwargs,
     )
 
 

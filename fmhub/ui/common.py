@@ -41,6 +41,8 @@ def summary_markdown(slot: ModelSlot) -> str:
         where = "embedded default" if slot.is_default else slot.model_ref
         return f"**Model:** {where} - {slot.status()}"
     info = card_summary(folder)
-    metrics = ", ".join(f"{k} {v:.3f}" for k, v in info["test_metrics"].items() if k in ("accuracy", "macro_f1", "roc_auc"))
+    metrics = ", ".join(
+        f"{k} {v:.3f}" for k, v in info["test_metrics"].items() if k in ("accuracy", "macro_f1", "roc_auc")
+    )
     source = "embedded default" if slot.is_default else slot.model_ref
     return f"**Model:** {source} (backbone `{info['backbone']}`) · **data:** {info['data']} · **test:** {metrics}"

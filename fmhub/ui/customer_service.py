@@ -40,8 +40,13 @@ def build_customer_service_tab(slot: ModelSlot) -> None:
     summary = gr.Markdown(summary_markdown(slot))
     chatbot = gr.Chatbot(label="Customer service", height=380)
     with gr.Row():
-        message = gr.Textbox(placeholder="Type your message...", show_label=False, scale=5,
-                             max_length=MAX_TEXT_CHARS, elem_id="cs-message")
+        message = gr.Textbox(
+            placeholder="Type your message...",
+            show_label=False,
+            scale=5,
+            max_length=MAX_TEXT_CHARS,
+            elem_id="cs-message",
+        )
         send = gr.Button("Send", variant="primary", scale=1, elem_id="cs-send")
     details = gr.JSON(label="Intent details", visible=True)
     gr.Examples(EXAMPLES, inputs=message)
@@ -53,9 +58,16 @@ def build_customer_service_tab(slot: ModelSlot) -> None:
             result = slot.get().predict([text if isinstance(text, str) else ""])[0]
         except ModelNotReady as err:
             shown = clean_text(text) if isinstance(text, str) else ""
-            return history + [{"role": "user", "content": shown or "…"},
-                              {"role": "assistant", "content": f"The model is not ready yet: {err}."}], "", None, \
-                summary_markdown(slot)
+            return (
+                history
+                + [
+                    {"role": "user", "content": shown or "…"},
+                    {"role": "assistant", "content": f"The model is not ready yet: {err}."},
+                ],
+                "",
+                None,
+                summary_markdown(slot),
+            )
         shown = clean_text(text) or "…"
         history += [{"role": "user", "content": shown}, {"role": "assistant", "content": format_reply(result)}]
         details_value = {k: result[k] for k in ("label", "intent", "score", "handoff")}

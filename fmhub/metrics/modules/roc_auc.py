@@ -29,7 +29,9 @@ class RocAuc(evaluate.Metric):
 
     def _compute(self, prediction_scores, references, multi_class="ovr", average="macro", labels=None):
         if prediction_scores and isinstance(prediction_scores[0], (list, tuple)):
-            score = roc_auc_score(references, prediction_scores, multi_class=multi_class, average=average, labels=labels)
+            score = roc_auc_score(
+                references, prediction_scores, multi_class=multi_class, average=average, labels=labels
+            )
         else:
             score = roc_auc_score(references, prediction_scores, average=average)
         return {"roc_auc": float(score)}

