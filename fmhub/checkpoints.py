@@ -1,10 +1,17 @@
 """Training checkpoints that are safe to resume from.
 
-A checkpoint is `<output-dir>/checkpoint-<step>/`: Accelerate's state (model, optimizer, scheduler, RNG, sampler)
-plus `fmhub_checkpoint.json`, a manifest with the run's identity (scenario, backbone, labels), the loop state (epoch,
-position inside the epoch, best metric) and the SHA-256 of every file. It is written to a temporary folder and renamed
-when complete, so a crash mid-save never leaves a folder that looks complete. Accelerate's `load_state` unpickles RNG
-state, so a checkpoint is only loaded when its manifest matches the run and every file matches its hash.
+A checkpoint is `<output-dir>/checkpoint-<step>/`: Accelerate's state (model, optimizer, scheduler, RNG, accumulation
+counter), the best weights so far (`best_model.safetensors`, hard-linked when the file system allows, so an unchanged
+best costs no space) and `fmhub_checkpoint.json`, a manifest with the run's identity (scenario, backbone, labels, the
+settings that fix the data order), the loop state (epoch, position inside the epoch, best metric, early-stopping
+counter, history) and the SHA-256 of every file.
+
+It is written to `.tmp-checkpoint-<step>/` and renamed when complete; old checkpoints are renamed away before they are
+deleted. So a crash at any moment leaves only folders that are complete or that `latest()` ignores.
+
+Accelerate's `load_state` unpickles the optimizer, scheduler and RNG files (with torch's `weights_only` loader), so a
+checkpoint is only loaded when its manifest matches the run and every file matches its hash: nothing from a partial,
+foreign or modified folder is ever unpickled.
 """
 
 from __future__ import annotations
@@ -18,13 +25,17 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load as load_pickled  # torch.load(weights_only=True) + Accelerate's allow-list
 from safetensors.torch import load_file, save_file
 
-from fmhub.errors import FmhubError
+from fmhub.errors import FmhubError, TrainingDiverged
 
 MANIFEST = "fmhub_checkpoint.json"
 BEST = "best_model.safetensors"
+FORMAT = 2
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+_TMP_PREFIX = ".tmp-checkpoint-"
+_TRASH_PREFIX = ".old-checkpoint-"
 
 
 def _sha256(path: Path) -> str:
@@ -36,48 +47,103 @@ def _sha256(path: Path) -> str:
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return {str(p.relative_to(folder)): _sha256(p) for p in files}
 
 
-def save(accelerator: Accelerator, model, output_dir: Path, state: dict, identity: dict, keep: int) -> Path:
-    """Write checkpoint-<step> atomically (temporary folder, manifest last, then rename); keep the newest `keep`."""
-    _check_finite(model, state)
+# -- saving -----------------------------------------------------------------------------------------------------------
+def save(
+    accelerator: Accelerator,
+    model,
+    output_dir: Path,
+    state: dict,
+    identity: dict,
+    keep: int,
+    best_file: Path | None = None,
+) -> Path:
+    """Write checkpoint-<step> atomically (temporary folder, manifest last, then rename); keep the newest `keep`.
+
+    Every process calls this (Accelerate writes one RNG file per process); the main process does the file work.
+    """
+    check_finite(model.state_dict(), f"a checkpoint at step {state['global_step']}")
     step = state["global_step"]
     final = output_dir / f"checkpoint-{step}"
-    tmp = output_dir / f".tmp-checkpoint-{step}"
+    tmp = output_dir / f"{_TMP_PREFIX}{step}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_leftovers(output_dir)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        manifest = {"format": 1, "identity": identity, "state": state, "files": _file_hashes(tmp)}
+        if best_file is not None and best_file.is_file():
+            _link_or_copy(best_file, tmp / BEST)
+        manifest = {"format": FORMAT, "identity": identity, "state": state, "files": _file_hashes(tmp)}
+        _fsync_files(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, default=float))
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
+        _fsync_files(tmp, only=MANIFEST)
+        if final.exists():  # the same step saved again (e.g. after skipped batches): replace it
+            _discard(final)
         os.replace(tmp, final)
+        _fsync_dir(output_dir)
         for old in complete_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
     accelerator.wait_for_everyone()
     return final
 
 
-def _check_finite(model, state: dict) -> None:
-    for name, tensor in model.state_dict().items():
+def check_finite(weights: dict[str, torch.Tensor], what: str) -> None:
+    """NaN/Inf weights are never saved, tested or pushed."""
+    for name, tensor in weights.items():
+        tensor = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # a shard, under FSDP
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise FmhubError(f"refusing to save a checkpoint at step {state['global_step']}: weight {name} is not finite")
+            raise TrainingDiverged(f"refusing to keep {what}: weight {name} is not finite (NaN/Inf)")
 
 
-def _fsync_dir(folder: Path) -> None:
-    for path in folder.rglob("*"):
+def remove_leftovers(output_dir: Path) -> None:
+    """Delete what a crash can leave behind: unfinished `.tmp-checkpoint-*` and half-deleted `.old-checkpoint-*`."""
+    for path in Path(output_dir).glob(".*-checkpoint-*"):
+        if path.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _discard(folder: Path) -> None:
+    """Rename first, then delete: an interrupted delete never leaves a half-empty folder that looks complete."""
+    trash = folder.with_name(_TRASH_PREFIX + folder.name.removeprefix("checkpoint-"))
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _fsync_files(folder: Path, only: str | None = None) -> None:
+    for path in folder.rglob(only or "*"):
         if path.is_file():
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
 
 
-def complete_checkpoints(output_dir: Path) -> list[Path]:
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory
+    finally:
+        os.close(fd)
+
+
+# -- finding and loading ----------------------------------------------------------------------------------------------
+def complete_checkpoints(output_dir: Path | None) -> list[Path]:
     """Checkpoint folders with a manifest, oldest first. Temporary or partial folders are ignored."""
     if output_dir is None or not Path(output_dir).is_dir():
         return []
@@ -95,7 +161,10 @@ def latest(output_dir: Path | None) -> Path | None:
 
 
 def verify(path: Path, identity: dict) -> dict:
-    """Check that `path` is a complete checkpoint of this run; return its manifest. Raises FmhubError otherwise."""
+    """Check that `path` is a complete checkpoint of this run; return its manifest. Raises FmhubError otherwise.
+
+    Reads only JSON and raw bytes: nothing is unpickled here.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FmhubError(f"not a checkpoint folder: {path}")
@@ -103,33 +172,68 @@ def verify(path: Path, identity: dict) -> dict:
         raise FmhubError(f"{path} is not a complete fmhub checkpoint (no {MANIFEST}); refusing to load it")
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise FmhubError(f"{path}/{MANIFEST} is corrupted; refusing to load the checkpoint") from None
-    theirs = manifest.get("identity", {})
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "state" not in manifest:
+        raise FmhubError(f"{path}/{MANIFEST} is not an fmhub checkpoint manifest; refusing to load it")
+    theirs = manifest.get("identity") or {}
     for key, ours in identity.items():
         if theirs.get(key) != ours:
             raise FmhubError(
                 f"{path} belongs to another run ({key}: {theirs.get(key)!r}, this run: {ours!r}); refusing to resume"
             )
     actual = _file_hashes(path)
-    if actual != manifest.get("files"):
-        bad = sorted(set(actual.items()) ^ set(manifest.get("files", {}).items()))
-        raise FmhubError(f"{path} is corrupted or was modified ({bad[0][0] if bad else '?'}); refusing to load it")
+    if actual != manifest["files"]:
+        expected = {(str(name), str(digest)) for name, digest in manifest["files"].items()}
+        bad = sorted({name for name, _ in set(actual.items()) ^ expected})
+        hint = ""
+        earlier = [p for p in complete_checkpoints(path.parent) if p.name != path.name]
+        if earlier:
+            hint = f"; an earlier one can be named with --resume-from {earlier[-1]}"
+        raise FmhubError(
+            f"{path} is corrupted or was modified ({', '.join(bad[:3])} does not match its hash); "
+            f"refusing to load it{hint}"
+        )
     return manifest
 
 
-def load(accelerator: Accelerator, path: Path, identity: dict) -> dict:
-    """Verify, then restore model/optimizer/scheduler/RNG; returns the loop state saved with it."""
+def load(accelerator: Accelerator, path: Path, identity: dict) -> tuple[dict, dict[str, torch.Tensor] | None]:
+    """Verify, then restore model/optimizer/scheduler/RNG; returns (loop state, best weights or None)."""
     manifest = verify(path, identity)
-    accelerator.load_state(str(path))
-    return manifest["state"]
+    path = Path(path)
+    try:
+        # Accelerate swallows a failure to restore the RNG (the run would quietly stop being reproducible), so the
+        # file is read first, with the same weights-only loader, and the result checked after load_state
+        rng = load_pickled(path / f"random_states_{accelerator.process_index}.pkl")
+        accelerator.load_state(str(path))
+        best = load_file(str(path / BEST)) if (path / BEST).is_file() else None
+    except Exception as err:  # a file that hashes right but does not load (another Accelerate version, ...)
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise FmhubError(f"cannot load checkpoint {path}: {first}") from None
+    if not torch.equal(torch.get_rng_state(), rng["torch_manual_seed"]):
+        raise FmhubError(f"cannot load checkpoint {path}: its random number generator state did not load")
+    return manifest["state"], best
 
 
+# -- the best weights so far ------------------------------------------------------------------------------------------
 def save_best_weights(output_dir: Path, weights: dict[str, torch.Tensor]) -> None:
+    """`<output-dir>/best_model.safetensors`, replaced atomically: a new file, so hard links in checkpoints stay."""
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = output_dir / f".{BEST}.tmp"
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
     os.replace(tmp, output_dir / BEST)
+
+
+def restore_best_weights(checkpoint: Path, output_dir: Path) -> None:
+    """On resume: the output folder's best weights become the checkpoint's (a crash may have left newer ones)."""
+    source, target = Path(checkpoint) / BEST, Path(output_dir) / BEST
+    if not source.is_file():
+        target.unlink(missing_ok=True)
+        return
+    tmp = Path(output_dir) / f".{BEST}.tmp"
+    tmp.unlink(missing_ok=True)
+    _link_or_copy(source, tmp)
+    os.replace(tmp, target)
 
 
 def load_best_weights(output_dir: Path) -> dict[str, torch.Tensor] | None:

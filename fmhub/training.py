@@ -10,8 +10,12 @@ Loop order follows Accelerate's examples: Accelerator -> set_seed -> dataloaders
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import random
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    set_seed,
+)
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -47,14 +56,23 @@ class TrainingResult:
 
 def make_accelerator(config: TrainConfig, output_dir: Path | None) -> Accelerator:
     """One Accelerator per run; trackers only where there is a folder to write to."""
+    # `accelerate launch --mixed_precision bf16` (or a launch config file's mixed_precision) applies when fmhub's own
+    # --mixed-precision is left at "no"; the config saved with the run then says what ran
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if config.mixed_precision == "no" and launched in ("fp16", "bf16"):
+        config.mixed_precision = launched
     log_with = resolve_report_to(config.report_to) if output_dir else None
-    project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")) if output_dir else None
+    project = None
+    if output_dir:
+        project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs"))
     return Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=log_with,
         project_config=project,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        # a backbone frozen for the first epochs gets no gradients, which DDP must be told to expect
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.freeze_backbone_epochs > 0)],
         cpu=not torch.cuda.is_available(),
     )
 
@@ -89,8 +107,10 @@ def classification_loss(
 def inverse_frequency_weights(labels: list[int], num_classes: int) -> torch.Tensor:
     """`--class-weights auto`: weight_c = N / (C * count_c), so a balanced set gets all ones."""
     counts = np.bincount([y for y in labels if y >= 0], minlength=num_classes).astype(np.float64)
-    counts[counts == 0] = 1.0
-    return torch.tensor(counts.sum() / (num_classes * counts), dtype=torch.float32)
+    if not counts.sum():
+        return torch.ones(num_classes)
+    # a class absent from training never is a target, so its weight never counts; 1 keeps it finite
+    return torch.tensor(counts.sum() / (num_classes * np.maximum(counts, 1.0)), dtype=torch.float32)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -110,8 +130,53 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
 
 
 def _seed_worker(worker_id: int) -> None:
+    """Each worker's numpy/random streams follow its torch seed (the loader's per-epoch base seed + worker id)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
+    random.seed(seed)
+
+
+@contextlib.contextmanager
+def preserved_rng_state():
+    """Run a block without moving the global CPU random streams (random, numpy, torch) that training draws from."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+class EpochSeededDataset(torch.utils.data.Dataset):
+    """Item i of epoch e is made with random, numpy and torch (CPU) seeded from (seed, e, i).
+
+    So training-time augmentation that draws from the global generators gives the same item whatever ran before it,
+    whichever worker loads it, however far the loader has prefetched, and after a resume mid-epoch. The random and
+    torch streams are put back afterwards (dropout draws from torch's); numpy's is not (saving it costs more than
+    making the item, and nothing in the loop draws from it), so it too only depends on the last item made.
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item_seed = zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode())
+        python_state, torch_state = random.getstate(), torch.get_rng_state()
+        random.seed(item_seed)
+        np.random.seed(item_seed)
+        torch.random.default_generator.manual_seed(item_seed)  # CPU only: the GPU's dropout stream stays
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(python_state)
+            torch.set_rng_state(torch_state)
 
 
 def build_dataloader(dataset, config: TrainConfig, collate_fn, train: bool) -> DataLoader:
@@ -135,7 +200,9 @@ def _logits(outputs) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_probs(model, dataloader, accelerator: Accelerator, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def predict_probs(
+    model, dataloader, accelerator: Accelerator, temperature: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and labels for a whole (prepared) dataloader, gathered once across processes."""
     model.eval()
     all_probs, all_labels = [], []
@@ -151,6 +218,10 @@ class Engine:
     """Runs `config.epochs` of training with evaluation, early stopping, checkpoints and fault guards.
 
     `compute_metrics(labels, probs) -> dict` scores a validation pass; `config.metric_for_best_model` selects.
+
+    Everything that decides the final weights lives in `self.state` (a JSON-able dict saved in every checkpoint's
+    manifest), in Accelerate's state (model, optimizer, scheduler, RNG, accumulation counter) or in the best weights
+    kept inside the checkpoint, so a resumed run ends where an uninterrupted one ends.
     """
 
     def __init__(
@@ -171,127 +242,203 @@ class Engine:
     ):
         self.config, self.accelerator = config, accelerator
         self.compute_metrics, self.output_dir = compute_metrics, output_dir
-        self.run_identity = run_identity or {}
         self.class_weights, self.progress, self.fault_hook = class_weights, progress, fault_hook
-        train_dl = build_dataloader(train_dataset, config, collate_fn, train=True)
+        # what must match for a checkpoint's data position to mean the same thing in this run
+        self.run_identity = {
+            **(run_identity or {}),
+            "seed": config.seed,
+            "batch_size": config.batch_size,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps,
+            "num_processes": accelerator.num_processes,
+            "train_examples": len(train_dataset),
+        }
+        self.train_dataset = EpochSeededDataset(train_dataset, config.seed)
+        train_dl = build_dataloader(self.train_dataset, config, collate_fn, train=True)
         eval_dl = build_dataloader(eval_dataset, config, collate_fn, train=False)
         optimizer = build_optimizer(model, config)
         # steps are counted after prepare(): each process sees its shard of the data
-        self.model, self.optimizer, self.train_dl, self.eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
+        prepared = accelerator.prepare(model, optimizer, train_dl, eval_dl)
+        self.model, self.optimizer, self.train_dl, self.eval_dl = prepared
         self.steps_per_epoch = math.ceil(len(self.train_dl) / config.gradient_accumulation_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
+        # a prepared scheduler steps once per process on every optimizer step (Accelerate assumes the step counts
+        # were computed for one process), so its horizon is scaled the same way, as in transformers' examples
+        scale = accelerator.num_processes
         scheduler = get_scheduler(
             "constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
             self.optimizer,
-            num_warmup_steps=int(config.warmup_ratio * self.total_steps),
-            num_training_steps=self.total_steps,
+            num_warmup_steps=int(config.warmup_ratio * self.total_steps) * scale,
+            num_training_steps=self.total_steps * scale,
         )
         self.scheduler = accelerator.prepare(scheduler)
-        self.state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "best_step": 0,
-                      "bad_epochs": 0, "history": [], "skipped_batches": 0, "stopped_early": False}
+        self.state = {
+            "global_step": 0,
+            "epoch": 0,
+            "batches_in_epoch": 0,
+            "best_metric": None,
+            "best_step": 0,
+            "bad_epochs": 0,
+            "history": [],
+            "skipped_batches": 0,
+            "stopped_early": False,
+        }
+        self._best_weights: dict[str, torch.Tensor] | None = None
+        self._window_batches = 0  # batches whose gradients are in the current accumulation window
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def train(self) -> TrainingResult:
-        config, acc = self.config, self.accelerator
+        acc = self.accelerator
         start = time.perf_counter()
         self._maybe_resume()
-        if acc.trackers:
-            acc.init_trackers("fmhub", config={k: v for k, v in config.to_dict().items() if v is not None})
-        bar = tqdm(total=self.total_steps, initial=self.state["global_step"], desc="training",
-                   disable=not acc.is_local_main_process, unit="step", dynamic_ncols=True)
-        while self.state["epoch"] < config.epochs and not self._finished():
-            self._set_trainable(self.state["epoch"])
-            self.train_one_epoch(bar)
-            if self.state["batches_in_epoch"] < len(self.train_dl):
-                self.evaluate_and_track()  # max_steps reached mid-epoch
-                break
-            self.state["epoch"] += 1
-            self.state["batches_in_epoch"] = 0
-            improved = self.evaluate_and_track()
-            self._save_checkpoint()
-            if self._should_stop(improved):
-                self.state["stopped_early"] = True
-                break
-        bar.close()
+        if acc.log_with:
+            with preserved_rng_state():  # here after a resume, before training in a fresh run: must not differ
+                acc.init_trackers("fmhub", config={k: v for k, v in self.config.to_dict().items() if v is not None})
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.state["global_step"],
+            desc="training",
+            disable=not acc.is_local_main_process,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        try:
+            self._run_epochs(bar)
+        except torch.OutOfMemoryError:
+            raise FmhubError(self._out_of_memory_message()) from None
+        finally:
+            bar.close()
         self._restore_best()
-        acc.end_training()
+        for tracker in acc.trackers:  # not end_training(): that also ends the process group the runner still needs
+            tracker.finish()
         s = self.state
-        return TrainingResult(s["best_metric"], s["best_step"], s["global_step"],
-                              s["global_step"] / max(self.steps_per_epoch, 1), s["stopped_early"],
-                              s["skipped_batches"], time.perf_counter() - start, s["history"])
+        return TrainingResult(
+            s["best_metric"],
+            s["best_step"],
+            s["global_step"],
+            s["global_step"] / max(self.steps_per_epoch, 1),
+            s["stopped_early"],
+            s["skipped_batches"],
+            time.perf_counter() - start,
+            s["history"],
+        )
+
+    def _run_epochs(self, bar) -> None:
+        config, state = self.config, self.state
+        while not state["stopped_early"] and state["epoch"] < config.epochs and not self._finished():
+            self._set_trainable(state["epoch"])
+            self.train_one_epoch(bar)
+            epoch_done = state["batches_in_epoch"] >= len(self.train_dl)  # else max_steps was reached mid-epoch
+            if epoch_done:
+                state["epoch"] += 1
+                state["batches_in_epoch"] = 0
+            improved = self.evaluate_and_track()
+            # decided before saving, so a run resumed from this checkpoint stops exactly where this one does
+            if epoch_done and self._should_stop(improved):
+                state["stopped_early"] = True
+            self._save_checkpoint()
 
     def train_one_epoch(self, bar) -> None:
         config, acc, state = self.config, self.accelerator, self.state
         self.model.train()
-        if hasattr(self.train_dl, "set_epoch"):
-            self.train_dl.set_epoch(state["epoch"])
+        self._seed_epoch(state["epoch"])
         loader = self.train_dl
         if state["batches_in_epoch"]:
             loader = acc.skip_first_batches(self.train_dl, state["batches_in_epoch"])
-        running, seen = 0.0, 0
+        losses: list[float] = []
         for batch in loader:
+            state["batches_in_epoch"] += 1  # counted even when skipped: the position in the epoch stays exact
             with acc.accumulate(self.model):
-                logits = _logits(self.model(**model_inputs(batch)))
-                loss = classification_loss(logits, batch["labels"], self.class_weights, config.label_smoothing)
-                if self.fault_hook is not None:
-                    loss = self.fault_hook(state["global_step"] + 1, loss)
-                if not self._finite_or_skip(loss, "loss"):
-                    continue
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    norm = acc.clip_grad_norm_(self.model.parameters(), config.max_grad_norm or float("inf"))
-                    if not self._finite_or_skip(norm, "gradient norm"):
-                        continue
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad()
-            state["batches_in_epoch"] += 1
-            running += loss.item()
-            seen += 1
-            if acc.sync_gradients:
-                state["global_step"] += 1
-                bar.update(1)
-                record = {"step": state["global_step"], "train_loss": running / seen,
-                          "learning_rate": self.scheduler.get_last_lr()[0]}
-                state["history"].append(record)
-                running, seen = 0.0, 0
-                bar.set_postfix(loss=f"{record['train_loss']:.4f}")
-                if acc.trackers:
-                    acc.log({"train/loss": record["train_loss"], "train/learning_rate": record["learning_rate"]},
-                            step=state["global_step"])
-                if self.progress:
-                    self.progress(state["global_step"] / self.total_steps, "training")
-                every = config.checkpoint_every_steps
-                if every and state["global_step"] % every == 0:
-                    self._save_checkpoint()
-                if self._finished():
-                    return
+                loss = self._forward_backward(batch)
+                losses = [] if loss is None else [*losses, loss]  # a skipped batch also drops its window's gradients
+                stepped = acc.sync_gradients and self._optimizer_step()
+            if not acc.sync_gradients:
+                continue
+            if not stepped:
+                losses = []
+                continue
+            state["global_step"] += 1
+            bar.update(1)
+            record = {
+                "step": state["global_step"],
+                "train_loss": sum(losses) / len(losses),
+                "learning_rate": self.scheduler.get_last_lr()[0],
+            }
+            losses = []
+            state["history"].append(record)
+            bar.set_postfix(loss=f"{record['train_loss']:.4f}")
+            if acc.log_with:
+                acc.log(
+                    {"train/loss": record["train_loss"], "train/learning_rate": record["learning_rate"]},
+                    step=state["global_step"],
+                )
+            if self.progress:
+                self.progress(state["global_step"] / self.total_steps, "training")
+            if self._finished():
+                return
+            every = config.checkpoint_every_steps
+            # the epoch's last step is saved by the epoch-end checkpoint, after validation
+            if every and state["global_step"] % every == 0 and state["batches_in_epoch"] < len(self.train_dl):
+                self._save_checkpoint()
+
+    def _forward_backward(self, batch: dict) -> float | None:
+        """Loss and backward for one batch; None when the batch was skipped (`--nan-policy skip`)."""
+        logits = _logits(self.model(**model_inputs(batch)))
+        loss = classification_loss(logits, batch["labels"], self.class_weights, self.config.label_smoothing)
+        if self.fault_hook is not None:
+            loss = self.fault_hook(self.state["global_step"] + 1, loss)
+        if not self._finite_or_skip(loss, "loss", collective=True):
+            return None
+        self.accelerator.backward(loss)
+        self._window_batches += 1
+        return loss.item()
+
+    def _optimizer_step(self) -> bool:
+        """Clip, check and apply the accumulated gradients; False when there was nothing (finite) to apply."""
+        acc = self.accelerator
+        if not self._window_batches:  # every batch of the window was skipped
+            return False
+        self._window_batches = 0
+        norm = acc.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm or float("inf"))
+        # under fp16 the GradScaler skips steps with inf gradients and lowers its scale: that is not divergence.
+        # Gradients are already reduced across processes, so every process reaches the same verdict.
+        if norm is not None and acc.scaler is None and not self._finite_or_skip(norm, "gradient norm"):
+            return False
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        return True
 
     def evaluate_and_track(self) -> bool:
-        """Validation metrics after an epoch; returns whether the selection metric improved."""
-        probs, labels = predict_probs(self.model, self.eval_dl, self.accelerator)
-        metrics = self.compute_metrics(labels, probs)
+        """Validation metrics; returns whether the selection metric improved (then the weights are kept as best)."""
+        # evaluation must not move the training's random streams: libraries that draw from them on first use
+        # (metric modules loading, ...) do so in the epoch a process first evaluates, which differs after a resume
+        with preserved_rng_state():
+            probs, labels = predict_probs(self.model, self.eval_dl, self.accelerator)
+            metrics = self.compute_metrics(labels, probs)
         name = self.config.metric_for_best_model
         if name not in metrics:
             raise FmhubError(f"--metric-for-best-model {name!r} is not computed; choose one of {', '.join(metrics)}")
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
         state = self.state
         state["history"].append({"step": state["global_step"], "epoch": state["epoch"], **scalars})
-        if self.accelerator.trackers:
+        if self.accelerator.log_with:
             self.accelerator.log({f"eval/{k}": v for k, v in scalars.items()}, step=state["global_step"])
         value = scalars[name]
         improved = state["best_metric"] is None or value > state["best_metric"]
         if improved:
             state["best_metric"], state["best_step"], state["bad_epochs"] = value, state["global_step"], 0
-            self._best_weights = {k: v.detach().cpu().clone() for k, v in self._unwrapped().state_dict().items()}
+            weights = self.accelerator.get_state_dict(self.model)  # full weights on every process, also under FSDP
+            self._best_weights = {k: v.detach().cpu().clone() for k, v in weights.items()}
+            checkpoints.check_finite(self._best_weights, f"the best weights at step {state['global_step']}")
             if self.output_dir and self.accelerator.is_main_process:
                 checkpoints.save_best_weights(self.output_dir, self._best_weights)
         else:
             state["bad_epochs"] += 1
-        self.accelerator.print(f"epoch {state['epoch']}: " + ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()
-                                                                      if k != "num_examples"))
+        self.accelerator.print(
+            f"epoch {state['epoch']}: " + ", ".join(f"{k}={v:.4f}" for k, v in scalars.items() if k != "num_examples")
+        )
         return improved
 
     # -- helpers --------------------------------------------------------------------------------------------------
@@ -313,31 +460,86 @@ class Engine:
         if self.config.freeze_backbone_epochs and hasattr(model, "freeze_backbone"):
             model.freeze_backbone(epoch < self.config.freeze_backbone_epochs)
 
-    def _finite_or_skip(self, value: torch.Tensor, what: str) -> bool:
-        if torch.isfinite(value).all():
+    def _seed_epoch(self, epoch: int) -> None:
+        """Data order, augmentation and worker seeds of epoch e depend only on (seed, e): resumable."""
+        self.train_dl.set_epoch(epoch)
+        self.train_dataset.set_epoch(epoch)
+        generator = getattr(self.train_dl, "generator", None)
+        if generator is not None:
+            generator.manual_seed(self.config.seed + epoch)
+
+    def _finite_or_skip(self, value: torch.Tensor, what: str, collective: bool = False) -> bool:
+        """True when `value` is finite. Otherwise skip the batch (counted) or stop, as `--nan-policy` says.
+
+        `collective`: agree across processes (a NaN loss on one of them skips or stops every one, so none waits
+        forever in the next gradient all-reduce).
+        """
+        if hasattr(value, "full_tensor"):  # a DTensor (FSDP2's gradient norm)
+            value = value.full_tensor()
+        value = torch.as_tensor(value).detach()  # DeepSpeed reports the norm as a float
+        bad = (~torch.isfinite(value)).any().float().reshape(1)
+        if collective and self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if not bad.item():
             return True
         step = self.state["global_step"] + 1
+        shown = value.item() if value.numel() == 1 else "not finite"
+        if torch.isfinite(value).all():
+            shown = "not finite on another process"
         if self.config.nan_policy == "skip":
-            self.optimizer.zero_grad()
+            self._discard_window()
             self.state["skipped_batches"] += 1
-            self.accelerator.print(f"warning: {what} is {value.item()} at step {step}; batch skipped")
+            self.accelerator.print(
+                f"warning: the {what} is {shown} at step {step}; batch skipped "
+                f"({self.state['skipped_batches']} so far)"
+            )
             return False
         raise TrainingDiverged(
-            f"training stopped: the {what} became {value.item()} at step {step}. Nothing after step {step - 1} "
+            f"training stopped: the {what} became {shown} at step {step}. Nothing after step {step - 1} "
             "was saved. Try a lower --learning-rate, --mixed-precision no, or --nan-policy skip."
         )
 
+    def _discard_window(self) -> None:
+        """Drop the gradients accumulated since the last optimizer step (the accelerated optimizer's zero_grad is
+        a no-op in the middle of an accumulation window)."""
+        self._unwrapped().zero_grad(set_to_none=True)
+        self._window_batches = 0
+
+    def _out_of_memory_message(self) -> str:
+        config = self.config
+        smaller = max(1, config.batch_size // 2)
+        return (
+            f"out of memory at step {self.state['global_step'] + 1} with --batch-size {config.batch_size} per "
+            f"process. Try --batch-size {smaller} --gradient-accumulation-steps "
+            f"{config.gradient_accumulation_steps * config.batch_size // smaller} (the same effective batch), "
+            "--mixed-precision bf16, or a shorter --max-length / smaller --image-size"
+        )
+
     def _restore_best(self) -> None:
-        best = getattr(self, "_best_weights", None)
-        if best is None and self.output_dir:
-            best = checkpoints.load_best_weights(self.output_dir)
-        if best is not None:
-            self._unwrapped().load_state_dict(best)
+        if self._best_weights is not None and self.accelerator.is_fsdp2:
+            # sharded parameters: Accelerate gathered the full weights on the main process; scatter them back
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+            set_model_state_dict(self.model, self._best_weights, options=options)
+        elif self._best_weights is not None:
+            self._unwrapped().load_state_dict(self._best_weights)
+        # the weights the runner is about to test, save and maybe push
+        checkpoints.check_finite(self._unwrapped().state_dict(), "the final weights")
 
     def _save_checkpoint(self) -> None:
         if self.output_dir is None:
             return
-        checkpoints.save(self.accelerator, self._unwrapped(), self.output_dir, self.state, self.run_identity, self.config.save_total_limit)
+        best = self.output_dir / checkpoints.BEST if self._best_weights is not None else None
+        checkpoints.save(
+            self.accelerator,
+            self._unwrapped(),
+            self.output_dir,
+            self.state,
+            self.run_identity,
+            self.config.save_total_limit,
+            best_file=best,
+        )
 
     def _maybe_resume(self) -> None:
         config = self.config
@@ -346,11 +548,15 @@ class Engine:
         path = Path(config.resume_from) if config.resume_from else checkpoints.latest(self.output_dir)
         if path is None:
             raise FmhubError(f"--resume: no complete checkpoint in {self.output_dir}; start without --resume")
-        self.state = checkpoints.load(self.accelerator, path, self.run_identity)
-        best = checkpoints.load_best_weights(self.output_dir) if self.output_dir else None
-        if best is not None:
-            self._best_weights = best
-        self.accelerator.print(f"resumed from {path} (step {self.state['global_step']}, epoch {self.state['epoch']})")
+        state, self._best_weights = checkpoints.load(self.accelerator, path, self.run_identity)
+        self.state = {**self.state, **state}
+        if self.output_dir and self.accelerator.is_main_process:
+            checkpoints.restore_best_weights(path, self.output_dir)
+        self._window_batches = 0
+        self.accelerator.print(
+            f"resumed from {path} (step {self.state['global_step']}, epoch {self.state['epoch']}, "
+            f"batch {self.state['batches_in_epoch']} of {len(self.train_dl)})"
+        )
 
 
 def seed_everything(seed: int) -> None:
