@@ -39,6 +39,9 @@ class TrainConfig:
     pretrained: bool = field(
         default=True, metadata={"help": "start from pretrained weights (--no-pretrained: scratch)"}
     )
+    max_samples_per_class: int | None = field(
+        default=None, metadata={"help": "keep at most N examples of each class per split (quick runs, tests)"}
+    )
 
     epochs: int = field(default=5, metadata={"help": "maximum number of epochs"})
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
@@ -99,6 +102,8 @@ class TrainConfig:
             raise FmhubError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.label_smoothing < 1:
             raise FmhubError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.max_samples_per_class is not None and self.max_samples_per_class < 1:
+            raise FmhubError(f"--max-samples-per-class must be at least 1, got {self.max_samples_per_class}")
         if self.max_steps is not None and self.max_steps < 1:
             raise FmhubError(f"--max-steps must be at least 1, got {self.max_steps}")
         if self.resume and self.resume_from:

@@ -179,6 +179,7 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_h
         from fmhub.hub import push_model
 
         push_model(out, config.hub_repo_id, private=config.hub_private)
+    accelerator.end_training()
     return final or out
 
 

@@ -6,6 +6,7 @@ A Space folder is self-contained: `app.py` builds the same tab as the hub app, `
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from fmhub.errors import FmhubError
+from fmhub.hub import is_hub_id
 
 SCENARIOS = ("customer-service", "medical-image", "voice-command")
 GRADIO_VERSION = "6.31.0"
@@ -48,13 +50,13 @@ for candidate in (HERE, HERE.parent.parent):  # deployed: fmhub/ beside this fil
         sys.path.insert(0, str(candidate))
         break
 
-from fmhub.ui.space import build_space_demo  # noqa: E402
+from fmhub.ui.space import build_space_demo, launch_space  # noqa: E402
 
 settings = json.loads((HERE / "fmhub_space.json").read_text()) if (HERE / "fmhub_space.json").is_file() else {{}}
 demo = build_space_demo("{scenario}", os.environ.get("FMHUB_MODEL") or settings.get("model"))
 
 if __name__ == "__main__":
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    launch_space(demo)
 '''
 
 
@@ -65,12 +67,18 @@ def space_readme(scenario: str, model: str | None) -> str:
         "sdk_version": GRADIO_VERSION, "app_file": "app.py", "pinned": False, "license": LICENSES[scenario],
         "short_description": short, "tags": ["fmhub", scenario],
     }
-    if model:
+    if is_hub_id(model):  # the Hub links the Space to the model page; a local folder is no Hub model
         meta["models"] = [model]
     notice = ("\n**Research and education only, not a medical device.**\n" if scenario == "medical-image" else "")
     return (f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n\n# {title}\n\n{short}.\n{notice}\n"
             f"Built with fmhub: the `{scenario}` tab of the fmhub demo hub as a standalone Space. "
-            f"Model: {f'[{model}](https://huggingface.co/{model})' if model else 'the embedded default'}.\n")
+            f"Model: {_model_link(model)}.\n")
+
+
+def _model_link(model: str | None) -> str:
+    if is_hub_id(model):
+        return f"[{model}](https://huggingface.co/{model})"
+    return f"`{model}`" if model else "the embedded default (fine-tuned on first start)"
 
 
 def write_space_folder(scenario: str, folder: Path, model: str | None = None, bundle_package: bool = True) -> Path:
@@ -86,33 +94,39 @@ def write_space_folder(scenario: str, folder: Path, model: str | None = None, bu
         package = Path(__file__).resolve().parent
         shutil.copytree(package, folder / "fmhub", dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        (folder / "fmhub_space.json").write_text(yaml.safe_dump({"scenario": scenario, "model": model}))
+        (folder / "fmhub_space.json").write_text(json.dumps({"scenario": scenario, "model": model}, indent=2) + "\n")
     return folder
 
 
 def deploy_space(scenario: str, space_id: str, model: str | None = None, private: bool = False) -> str:
-    """Create the Space repo (gradio SDK) and upload a self-contained folder."""
+    """Create the Space repo (gradio SDK) and upload a self-contained folder in one commit."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
-    from fmhub.hub import _redact, check_repo_id, hub_token
+    from fmhub.hub import check_repo_id, describe_hub_failure, hub_token, quiet_hub_logs
 
-    check_repo_id(space_id)
+    check_repo_id(space_id, "Space id")
     if model is not None:
-        check_repo_id(model)
+        if not is_hub_id(model):
+            raise FmhubError(f"--model {model!r} is not a Hub model id; push the folder first "
+                             "(`fmhub push --model FOLDER --repo-id user/name`) and deploy with that id")
+        check_repo_id(model, "model id")
     token = hub_token()
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="fmhub-space-") as tmp:
         folder = write_space_folder(scenario, Path(tmp) / "space", model)
         try:
-            api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-            api.upload_folder(folder_path=str(folder), repo_id=space_id, repo_type="space",
-                              commit_message=f"Deploy fmhub {scenario} Space")
-        except HfHubHTTPError as err:
-            raise FmhubError(f"deploying {space_id} failed: {_redact(str(err).splitlines()[0], token)}") from None
-        except Exception as err:
-            if isinstance(err, OSError) or type(err).__module__.startswith(("httpx", "httpcore", "requests")):
-                raise FmhubError(f"deploying {space_id} failed: connection error ({type(err).__name__}); "
-                                 "re-run to retry") from None
+            if model is not None and not api.repo_exists(model):
+                raise FmhubError(f"model {model!r} is not on the Hub (or this token cannot read it); "
+                                 "push it first with `fmhub push`")
+            with quiet_hub_logs():
+                api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+                api.upload_folder(folder_path=str(folder), repo_id=space_id, repo_type="space",
+                                  commit_message=f"Deploy fmhub {scenario} Space")
+        except FmhubError:
             raise
+        except Exception as err:
+            reason = describe_hub_failure(err, token)
+            if reason is None:
+                raise
+            raise FmhubError(f"deploying {space_id} failed: {reason}; re-run the same command to retry") from None
     return f"{api.endpoint}/spaces/{space_id}"

@@ -299,7 +299,7 @@ class Engine:
             total=self.total_steps,
             initial=self.state["global_step"],
             desc="training",
-            disable=not acc.is_local_main_process,
+            disable=not acc.is_local_main_process or os.environ.get("TQDM_DISABLE", "") not in ("", "0"),
             unit="step",
             dynamic_ncols=True,
         )

@@ -41,6 +41,8 @@ class AppConfig:
     models: dict[str, str | None] = field(default_factory=dict)
     scenarios: tuple[str, ...] = ("customer-service", "medical-image", "voice-command")
     bootstrap: bool = True  # fine-tune missing embedded defaults in the background at start-up
+    queue_size: int = QUEUE_MAX_SIZE
+    concurrency: int = CONCURRENCY
 
 
 def available_tabs() -> dict:
@@ -78,7 +80,7 @@ def build_app(config: AppConfig | None = None) -> tuple[gr.Blocks, dict[str, Mod
             for scenario, slot in slots.items():
                 with gr.Tab(TAB_TITLES[scenario], id=scenario):
                     builders[scenario](slot)
-    demo.queue(api_open=False, max_size=QUEUE_MAX_SIZE, default_concurrency_limit=CONCURRENCY)
+    demo.queue(api_open=False, max_size=config.queue_size, default_concurrency_limit=config.concurrency)
     if config.bootstrap:
         for slot in slots.values():
             if slot.is_default and not slot.cached():
@@ -87,13 +89,18 @@ def build_app(config: AppConfig | None = None) -> tuple[gr.Blocks, dict[str, Mod
 
 
 def launch(demo: gr.Blocks, config: AppConfig, **kwargs):
+    """Launch hardened: upload cap, no monitoring page, no run history, no share link, cache folder not served."""
+    from fmhub.paths import fmhub_home
+
     return demo.launch(
         server_name=config.host,
         server_port=config.port,
         max_file_size=MAX_FILE_SIZE,
         enable_monitoring=False,
+        run_history=False,
         share=False,
         show_error=False,
+        blocked_paths=[str(fmhub_home())],
         **kwargs,
     )
 

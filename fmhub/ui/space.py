@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fmhub.ui.app import CONCURRENCY, MAX_IMAGE_PIXELS, QUEUE_MAX_SIZE, TAB_TITLES, available_tabs  # noqa: E402
+from fmhub.ui.app import (  # noqa: E402
+    CONCURRENCY,
+    MAX_IMAGE_PIXELS,
+    QUEUE_MAX_SIZE,
+    TAB_TITLES,
+    AppConfig,
+    available_tabs,
+    launch,
+)
 from fmhub.ui.models import BOOTSTRAP, ModelSlot  # noqa: E402
 
 
@@ -28,6 +38,9 @@ def gpu_aware(fn):
 
 
 def build_space_demo(scenario: str, model: str | None = None) -> gr.Blocks:
+    # one line in the Space's logs: which code and which model this Space runs
+    print(f"fmhub Space: {scenario}, model {model or 'embedded default'}, "
+          f"fmhub code from {Path(__file__).resolve().parents[1]}", file=sys.stderr, flush=True)
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     builder = available_tabs()[scenario]
     slot = ModelSlot(scenario, model)
@@ -40,3 +53,8 @@ def build_space_demo(scenario: str, model: str | None = None) -> gr.Blocks:
     if slot.is_default and not slot.cached():
         BOOTSTRAP.request(slot)
     return demo
+
+
+def launch_space(demo: gr.Blocks):
+    """The hub app's hardened launch; host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Spaces set both)."""
+    return launch(demo, AppConfig(host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), port=None))

@@ -15,10 +15,10 @@ for candidate in (HERE, HERE.parent.parent):  # deployed: fmhub/ beside this fil
         sys.path.insert(0, str(candidate))
         break
 
-from fmhub.ui.space import build_space_demo  # noqa: E402
+from fmhub.ui.space import build_space_demo, launch_space  # noqa: E402
 
 settings = json.loads((HERE / "fmhub_space.json").read_text()) if (HERE / "fmhub_space.json").is_file() else {}
 demo = build_space_demo("customer-service", os.environ.get("FMHUB_MODEL") or settings.get("model"))
 
 if __name__ == "__main__":
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    launch_space(demo)
