@@ -8,12 +8,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from conftest import ARTIFACTS
+
 from fmhub.ui.app import AppConfig, available_tabs, build_app, launch
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (bash .ci/test installs it)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is missing (bash .ci/test installs it)")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync", "--no-first-run", "--disable-quic"]
 
