@@ -67,6 +67,12 @@ class TrainConfig:
     target_metric: float | None = field(default=None, metadata={"help": "stop once the metric reaches this"})
 
     max_length: int = field(default=64, metadata={"help": "text: maximum tokens"})
+    group_by_length: bool = field(
+        default=False, metadata={"help": "text: batch examples of similar length together (less padding)"}
+    )
+    freeze_embeddings: bool = field(
+        default=False, metadata={"help": "text: keep the token-embedding matrix fixed (a third less time per step)"}
+    )
     image_size: int | None = field(default=None, metadata={"help": "image: input size (default: the backbone's)"})
     freeze_backbone_epochs: int = field(default=0, metadata={"help": "train only the head for this many epochs"})
     augment: bool = field(default=True, metadata={"help": "training-time augmentation (image, audio)"})

@@ -136,6 +136,8 @@ def write_model_card(folder: Path, scenario, config, results: dict, extras: dict
         for key, (kind, metric_config) in CARD_METRICS.items() if results.get(key) is not None
     ]
     backbone = info["base_model"] if "base_model" in info else extras.get("backbone")
+    if backbone in scenario.local_backbones:
+        backbone = None
     warning = info.get("clinical_warning")
     warning_text = warning if isinstance(warning, str) else CLINICAL_WARNING
     tags = ["fmhub", scenario.name, scenario.modality] + (["not-for-clinical-use"] if warning else [])

@@ -179,7 +179,55 @@ class EpochSeededDataset(torch.utils.data.Dataset):
             torch.set_rng_state(torch_state)
 
 
+class LengthGroupedBatchSampler(torch.utils.data.Sampler):
+    """Shuffled batches of similar-length examples, so dynamic padding pads little.
+
+    Each epoch: a permutation drawn from (seed, epoch), cut into windows of `window` batches; each window sorted by
+    length and cut into batches; then the batches shuffled. Batches stay random in content and order, but a batch's
+    longest example is closer to its others. On the embedded intents, padded tokens per real token go from 2.4 to
+    1.5 with windows of 4 batches (1.1 with 50, but then whole batches of greetings and goodbyes, the shortest
+    messages, made training steps lopsided: validation peaked early and test accuracy fell by 1.5 points).
+    `sampler` points to itself so Accelerate's `set_epoch` reaches it also when it is sharded across processes.
+    """
+
+    def __init__(self, lengths, batch_size: int, seed: int, window: int = 4):
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.seed, self.window, self.epoch = batch_size, seed, window, 0
+        self.drop_last, self.sampler = False, self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        rng = np.random.default_rng((self.seed, self.epoch))
+        order = rng.permutation(len(self.lengths))
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = order[start : start + span]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+        # a short batch (at most one: the tail) stays last, where Accelerate's sharding expects it
+        short = [b for b in batches if len(b) < self.batch_size]
+        full = [b for b in batches if len(b) == self.batch_size]
+        for i in rng.permutation(len(full)):
+            yield full[i]
+        yield from short
+
+
 def build_dataloader(dataset, config: TrainConfig, collate_fn, train: bool) -> DataLoader:
+    lengths = getattr(getattr(dataset, "dataset", dataset), "lengths", None)
+    if train and config.group_by_length and lengths is not None:
+        return DataLoader(
+            dataset,
+            batch_sampler=LengthGroupedBatchSampler(lengths, config.batch_size, config.seed),
+            collate_fn=collate_fn,
+            num_workers=config.num_workers,
+            worker_init_fn=_seed_worker if config.num_workers else None,
+        )
     return DataLoader(
         dataset,
         batch_size=config.batch_size if train else config.eval_batch_size,
@@ -249,6 +297,7 @@ class Engine:
             "seed": config.seed,
             "batch_size": config.batch_size,
             "gradient_accumulation_steps": config.gradient_accumulation_steps,
+            "group_by_length": config.group_by_length,
             "num_processes": accelerator.num_processes,
             "train_examples": len(train_dataset),
         }

@@ -55,8 +55,42 @@ def _intent_rows(_folder: Path) -> list[dict]:
                                   "my card was charged twice", "cancel my order please")]
 
 
+def _image_rows(folder: Path) -> list[dict]:
+    """Synthetic test-split images (one with a lesion first, then a normal one) as PNG files."""
+    import numpy as np
+    from PIL import Image
+
+    from fmhub.data import medical_synth
+
+    images, labels, _ = medical_synth.generate(6, size=96, seed=5, split="test")
+    order = [int(np.flatnonzero(labels == 1)[0]), int(np.flatnonzero(labels == 0)[0])]
+    rows = []
+    for n, i in enumerate(order):
+        Image.fromarray(images[i]).save(folder / f"image{n}.png")
+        rows.append({"path": str(folder / f"image{n}.png")})
+    return rows
+
+
+def _audio_rows(folder: Path) -> list[dict]:
+    """Held-out-voice clips of the embedded speech corpus as 16 kHz WAV files."""
+    from fmhub import audio
+    from fmhub.data import speech_corpus
+    from fmhub.scenarios.voice_command import embedded_corpus_path
+
+    waves, labels, _ = speech_corpus.load_corpus(embedded_corpus_path())["test"]
+    rows = []
+    for word in ("yes", "stop", "_silence_"):
+        audio.write_wav(folder / f"{word}.wav", waves[labels.index(word)])
+        rows.append({"path": str(folder / f"{word}.wav")})
+    return rows
+
+
 CASES = [
     HubCase("customer-service", "text-classification", "tiny_intent_model", _intent_rows, "/classify_intent"),
+    HubCase("medical-image", "image-classification", "tiny_image_model", _image_rows, "/classify_image",
+            space_label=lambda answer: answer[0]["label"], clinical=True),
+    HubCase("voice-command", "audio-classification", "tiny_audio_model", _audio_rows, "/classify_audio",
+            space_label=lambda answer: answer[1]["label"]),
 ]
 SPACE_DIRS = sorted(p for p in (ROOT / "spaces").iterdir() if (p / "README.md").is_file())
 
