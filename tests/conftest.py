@@ -73,6 +73,7 @@ def tiny_intent_model(tiny_text_backbone, tmp_path_factory) -> Path:
             "none",
             "--early-stopping-patience",
             "0",
+            "--no-freeze-embeddings",  # random-init token embeddings must learn (freezing suits pretrained ones)
         ]
     )
     assert code == 0
