@@ -227,6 +227,9 @@ def build_dataloader(dataset, config: TrainConfig, collate_fn, train: bool) -> D
             collate_fn=collate_fn,
             num_workers=config.num_workers,
             worker_init_fn=_seed_worker if config.num_workers else None,
+            # without its own generator, every iteration of the loader draws its base seed from torch's global
+            # stream, which dropout also draws from: a resumed run would iterate it a different number of times
+            generator=torch.Generator().manual_seed(config.seed),
         )
     return DataLoader(
         dataset,
@@ -395,6 +398,9 @@ class Engine:
         loader = self.train_dl
         if state["batches_in_epoch"]:
             loader = acc.skip_first_batches(self.train_dl, state["batches_in_epoch"])
+            # the new loader starts counting epochs at 0 and passes that to its sampler when iterated: give it ours
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(state["epoch"])
         losses: list[float] = []
         for batch in loader:
             state["batches_in_epoch"] += 1  # counted even when skipped: the position in the epoch stays exact
