@@ -82,10 +82,9 @@ def _decode(fh, size: int, name: str, max_seconds: float | None) -> tuple[np.nda
         data, rate = sf.read(fh, frames=frames, dtype="float32", always_2d=True)
     except FmhubError:
         raise
-    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError, EOFError) as err:
-        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-        raise FmhubError(f"could not decode {name}: not a readable {FORMATS} file, or the file is damaged "
-                         f"({reason})") from None
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError, EOFError):
+        # the decoder's own message names the server-side upload path: it stays out of what users see
+        raise FmhubError(f"could not decode {name}: not a readable {FORMATS} file, or the file is damaged") from None
     return _checked(to_mono_float(data), rate, max_seconds)
 
 

@@ -115,10 +115,13 @@ def tiny_audio_backbone(tmp_path_factory) -> Path:
 def tiny_audio_model(tiny_audio_backbone, tmp_path_factory) -> Path:
     """The tiny audio model trained on 32 clips per class of the embedded speech corpus through the real CLI."""
     from fmhub.cli import main
+    from fmhub.scenarios.voice_command import VoiceCommand
 
     out = tmp_path_factory.mktemp("vc_model")
-    code = main(["train", "--scenario", "voice-command", "--model", str(tiny_audio_backbone), "--no-pretrained",
-                 "--max-samples-per-class", "32", "--epochs", "5", "--learning-rate", "3e-3",
-                 "--output-dir", str(out), "--report-to", "none"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(VoiceCommand, "fa_stream_seconds", 60.0)  # a 1-minute false-accept stream (default: 15 minutes)
+        code = main(["train", "--scenario", "voice-command", "--model", str(tiny_audio_backbone), "--no-pretrained",
+                     "--max-samples-per-class", "32", "--epochs", "5", "--learning-rate", "3e-3",
+                     "--output-dir", str(out), "--report-to", "none"])
     assert code == 0
     return out
