@@ -6,6 +6,7 @@ reports medians and ratios measured side by side in one run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -87,6 +88,42 @@ def other_load(start, end) -> float | None:
         return None
     others = (end[2] - start[2]) - (end[1] - start[1])
     return max(0.0, others / (wall * (os.cpu_count() or 1)))
+
+
+def machine_busy(seconds: float = 1.0) -> float:
+    """Share of the machine's cores busy over the next `seconds` (this process should be idle meanwhile)."""
+    start = cpu_counters()
+    time.sleep(seconds)
+    end = cpu_counters()
+    return other_load(start, end) or 0.0
+
+
+@contextlib.contextmanager
+def measuring(lock_path: str | None, quiet_below: float = 0.15, max_wait: float = 300.0):
+    """Hold `lock_path` (an flock shared by everyone timing things on this machine) for one unit of measurement,
+    and start only on a quiet machine: while other processes keep more than `quiet_below` of it busy, the lock is
+    released and the check repeated every few seconds (for at most `max_wait` seconds, then it goes ahead)."""
+    if not lock_path:
+        yield
+        return
+    import fcntl
+
+    deadline = time.time() + max_wait
+    while True:
+        handle = open(lock_path, "a+")  # noqa: SIM115 - released below
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        busy = machine_busy() if quiet_below < 1 else 0.0
+        if busy <= quiet_below or time.time() > deadline:
+            break
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+        print(f"note: the machine is busy ({busy:.0%} used by other processes); waiting", file=sys.stderr)
+        time.sleep(10)
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 # -- child processes ----------------------------------------------------------------------------------------------

@@ -45,7 +45,13 @@ def memory_mb(pid: int) -> dict:
     return {"rss_mb": rss / 2**20, "peak_rss_mb": peak}
 
 
-def one_start(models: dict, env_models: dict, inputs: dict, threads: int, timeout: float, log: Path) -> dict:
+def one_start(models: dict, env_models: dict, inputs: dict, threads: int, timeout: float, log: Path,
+              lock: str | None = None) -> dict:
+    with common.measuring(lock):
+        return _one_start(models, env_models, inputs, threads, timeout, log)
+
+
+def _one_start(models: dict, env_models: dict, inputs: dict, threads: int, timeout: float, log: Path) -> dict:
     from gradio_client import Client, handle_file
 
     port = common.free_port()
@@ -115,19 +121,23 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the app")
     parser.add_argument("--work-dir", help="inputs and stand-in models go here (default: a temporary folder)")
     parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--lock", help="flock file held during each start, which begins only on a quiet machine")
     args = parser.parse_args(argv)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="fmhub-bench-footprint-"))
     work.mkdir(parents=True, exist_ok=True)
     given = {s: getattr(args, s.replace("-", "_") + "_model") for s in common.SCENARIOS}
-    models = common.resolve_models(given, work, args.quick)
+    with common.measuring(args.lock, quiet_below=1.0):  # building stand-in models is CPU work too
+        models = common.resolve_models(given, work, args.quick)
+        inputs = {s: common.sample_inputs(s, work / "inputs" / s, 1, synthetic=args.quick)[0]
+                  for s in common.SCENARIOS}
     # a cached default is what `python app.py` serves by itself; anything else is chosen the documented way
     env_models = {"FMHUB_" + s.upper().replace("-", "_") + "_MODEL": m["folder"]
                   for s, m in models.items() if not m["kind"].startswith("fine-tuned embedded default")}
-    inputs = {s: common.sample_inputs(s, work / "inputs" / s, 1, synthetic=args.quick)[0] for s in common.SCENARIOS}
     info = common.machine()
     runs = []
     for rep in range(1 if args.quick else max(1, args.reps)):
-        runs.append(one_start(models, env_models, inputs, args.threads, args.timeout, work / f"app-{rep}.log"))
+        runs.append(one_start(models, env_models, inputs, args.threads, args.timeout, work / f"app-{rep}.log",
+                              args.lock))
     report = {"benchmark": "footprint", "quick": args.quick, "machine": info, "threads": args.threads,
               "models": models, "runs": runs}
     report["cold_start_s"] = common.median([r["ready_s"] for r in runs])

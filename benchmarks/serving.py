@@ -201,64 +201,72 @@ def gradio_overhead(models: dict, scenarios: list[str], inputs: dict, counts: di
 
 
 def benchmark(models: dict, scenarios: list[str], sizes: dict, reps: int, threads: int, concurrency: int,
-              work: Path, with_gradio: bool, quick: bool) -> dict:
+              work: Path, with_gradio: bool, quick: bool, lock: str | None = None) -> dict:
     import torch
-
-    from fmhub.scenarios import get_scenario
-    from fmhub.serving import load_predictor
 
     torch.set_num_threads(threads)
     results, all_inputs = {}, {}
     for scenario in scenarios:
-        folder = models[scenario]["folder"]
-        n_latency, n_concurrent = sizes["latency_requests"][scenario], sizes["concurrent_requests"][scenario]
-        inputs = common.sample_inputs(scenario, work / "inputs" / scenario, max(n_latency, n_concurrent),
-                                      synthetic=quick)
-        all_inputs[scenario] = inputs
-        batched = load_predictor(scenario, folder)  # what the app and the CLI use
-        plain = get_scenario(scenario).predictor(Path(folder))  # the same, without micro-batching
-        base, top_label = baseline_call(scenario, folder)
-        systems = {"fmhub": fmhub_call(batched), "baseline": base}
-        agree = sum(batched.predict([x])[0]["label"] == top_label(base(x)) for x in inputs[:20])
-        single = latency(systems, inputs[:n_latency])
-        loaded = {"fmhub": fmhub_call(batched), "fmhub, no micro-batching": fmhub_call(plain), "baseline": base}
-        runs = {name: [] for name in loaded}
-        batcher = batched.__dict__.get("predict")  # the MicroBatcher, where there is one
-
-        def counts(batcher=batcher):
-            return getattr(batcher, "requests", 0), getattr(batcher, "batches", 0)
-
-        served_before = counts()
-        for _ in range(reps):
-            for name, call in loaded.items():
-                runs[name].append(concurrent_undisturbed(call, inputs[:n_concurrent], concurrency, 0 if quick else 2))
-        served = tuple(after - before for after, before in zip(counts(), served_before))
-        under_load = {
-            name: {
-                "requests_per_s": common.median([r["requests_per_s"] for r in rs]),
-                "requests_per_s_runs": [r["requests_per_s"] for r in rs],
-                "p50_ms": common.median([r["p50_ms"] for r in rs]),
-                "p95_ms": common.median([r["p95_ms"] for r in rs]),
-                "errors": sum(r["errors"] for r in rs),
-                "first_error": next((r["first_error"] for r in rs if r["first_error"]), None),
-                "other_load_runs": [r["other_load"] for r in rs],
-            }
-            for name, rs in runs.items()
-        }
-        results[scenario] = {
-            "model": models[scenario],
-            "baseline": BASELINE_TITLES[scenario],
-            "same_top_label": f"{agree}/{min(20, len(inputs))}",
-            "batch1": single,
-            "concurrent": under_load,
-            "concurrency": concurrency,
-            "mean_requests_per_merged_call": served[0] / served[1] if served[1] else None,
-            "throughput_ratio_fmhub_over_baseline": common.ratio(under_load["fmhub"]["requests_per_s"],
-                                                                 under_load["baseline"]["requests_per_s"]),
-            "p95_ratio_fmhub_over_baseline": common.ratio(single["fmhub"]["p95_ms"], single["baseline"]["p95_ms"]),
-        }
-    gradio = gradio_overhead(models, scenarios, all_inputs, sizes["gradio_requests"]) if with_gradio else {}
+        with common.measuring(lock):
+            results[scenario], all_inputs[scenario] = measure_scenario(
+                scenario, models[scenario]["folder"], sizes, reps, concurrency, work, quick)
+    gradio = {}
+    if with_gradio:
+        with common.measuring(lock):
+            gradio = gradio_overhead(models, scenarios, all_inputs, sizes["gradio_requests"])
     return {"scenarios": results, "gradio": gradio}
+
+
+def measure_scenario(scenario: str, folder: str, sizes: dict, reps: int, concurrency: int, work: Path,
+                     quick: bool) -> tuple[dict, list]:
+    from fmhub.scenarios import get_scenario
+    from fmhub.serving import load_predictor
+
+    n_latency, n_concurrent = sizes["latency_requests"][scenario], sizes["concurrent_requests"][scenario]
+    inputs = common.sample_inputs(scenario, work / "inputs" / scenario, max(n_latency, n_concurrent),
+                                  synthetic=quick)
+    batched = load_predictor(scenario, folder)  # what the app and the CLI use
+    plain = get_scenario(scenario).predictor(Path(folder))  # the same, without micro-batching
+    base, top_label = baseline_call(scenario, folder)
+    agree = sum(batched.predict([x])[0]["label"] == top_label(base(x)) for x in inputs[:20])
+    single = latency({"fmhub": fmhub_call(batched), "baseline": base}, inputs[:n_latency])
+    loaded = {"fmhub": fmhub_call(batched), "fmhub, no micro-batching": fmhub_call(plain), "baseline": base}
+    runs = {name: [] for name in loaded}
+    batcher = batched.__dict__.get("predict")  # the MicroBatcher, where there is one
+
+    def counts():
+        return getattr(batcher, "requests", 0), getattr(batcher, "batches", 0)
+
+    served_before = counts()
+    for _ in range(reps):  # interleaved: A B C A B C ...
+        for name, call in loaded.items():
+            runs[name].append(concurrent_undisturbed(call, inputs[:n_concurrent], concurrency, 0 if quick else 2))
+    served = tuple(after - before for after, before in zip(counts(), served_before))
+    under_load = {
+        name: {
+            "requests_per_s": common.median([r["requests_per_s"] for r in rs]),
+            "requests_per_s_runs": [r["requests_per_s"] for r in rs],
+            "p50_ms": common.median([r["p50_ms"] for r in rs]),
+            "p95_ms": common.median([r["p95_ms"] for r in rs]),
+            "errors": sum(r["errors"] for r in rs),
+            "first_error": next((r["first_error"] for r in rs if r["first_error"]), None),
+            "other_load_runs": [r["other_load"] for r in rs],
+        }
+        for name, rs in runs.items()
+    }
+    result = {
+        "model": folder,
+        "baseline": BASELINE_TITLES[scenario],
+        "same_top_label": f"{agree}/{min(20, len(inputs))}",
+        "batch1": single,
+        "concurrent": under_load,
+        "concurrency": concurrency,
+        "mean_requests_per_merged_call": served[0] / served[1] if served[1] else None,
+        "throughput_ratio_fmhub_over_baseline": common.ratio(under_load["fmhub"]["requests_per_s"],
+                                                             under_load["baseline"]["requests_per_s"]),
+        "p95_ratio_fmhub_over_baseline": common.ratio(single["fmhub"]["p95_ms"], single["baseline"]["p95_ms"]),
+    }
+    return result, inputs
 
 
 def tables(report: dict, concurrency: int) -> str:
@@ -304,6 +312,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-gradio", action="store_true", help="skip the Gradio round-trip measurement")
     parser.add_argument("--work-dir", help="inputs and stand-in models go here (default: a temporary folder)")
     parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--lock", help="flock file held while measuring, which starts only on a quiet machine")
     args = parser.parse_args(argv)
     os.environ.update({k: v for k, v in common.bench_env().items() if k in ("HF_HUB_OFFLINE", "TQDM_DISABLE",
                                                                              "TOKENIZERS_PARALLELISM",
@@ -311,16 +320,17 @@ def main(argv=None) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="fmhub-bench-serving-"))
     work.mkdir(parents=True, exist_ok=True)
     given = {s: getattr(args, s.replace("-", "_") + "_model") for s in common.SCENARIOS}
-    models = common.resolve_models(given, work, args.quick, args.scenarios)
+    with common.measuring(args.lock, quiet_below=1.0):  # building stand-in models is CPU work too
+        models = common.resolve_models(given, work, args.quick, args.scenarios)
     info = common.machine()
     started = time.time()
     report = benchmark(models, args.scenarios, QUICK if args.quick else FULL, 1 if args.quick else args.reps,
-                       args.threads, args.concurrency, work, not args.no_gradio, args.quick)
+                       args.threads, args.concurrency, work, not args.no_gradio, args.quick, args.lock)
     common.print_header("Serving: fmhub Predictor vs pipeline / plain timm", info)
     print(tables(report, args.concurrency))
     common.write_json(args.output, {"benchmark": "serving", "quick": args.quick, "machine": info,
                                     "threads": args.threads, "reps": 1 if args.quick else args.reps,
-                                    "seconds": round(time.time() - started, 1), **report})
+                                    "models": models, "seconds": round(time.time() - started, 1), **report})
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     return 0

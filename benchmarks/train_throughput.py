@@ -48,6 +48,8 @@ SYSTEM_TITLES = {
     "trainer-default": "Trainer, its defaults (every weight trained, random batches, its fused AdamW)",
 }
 
+LOCK: str | None = None  # --lock: an flock held while one scenario is measured (released between scenarios)
+
 # Full runs: the scenario's own defaults, with only these overrides. Throughput uses a step budget inside the first
 # epoch; time to target uses a reduced data set where a full run would not fit the time budget (said in the table).
 FULL = {
@@ -428,6 +430,16 @@ def samples_per_second(run: dict, warmup: int, measure: int, batch_size: int) ->
     return (window[1] - window[0]) * batch_size / seconds if seconds > 0 else None
 
 
+def samples_per_cpu_second(run: dict, warmup: int, measure: int, batch_size: int) -> float | None:
+    """Samples per CPU-second of the training process: barely moved by other load on a shared machine."""
+    window = measured_window(run, warmup, measure)
+    counters = run.get("counters") or []
+    if window is None or len(counters) <= window[1]:
+        return None
+    cpu = counters[window[1]][1] - counters[window[0]][1]
+    return (window[1] - window[0]) * batch_size / cpu if cpu > 0 else None
+
+
 def run_other_load(run: dict, warmup: int | None = None, measure: int | None = None) -> float | None:
     """Other processes' share of the machine during the measured steps (or the whole run)."""
     counters = run.get("counters") or []
@@ -469,59 +481,72 @@ def undisturbed(start, check, retries: int) -> dict:
 
 def benchmark(settings: dict, scenarios: list[str], reps: int, target_reps: int, threads: int, work: Path,
               timeout: float, quick: bool, retries: int = 2) -> dict:
+    results = {}
+    for scenario in scenarios:
+        with common.measuring(LOCK):  # one scenario's runs back to back (a few minutes)
+            results[scenario] = benchmark_scenario(settings[scenario], scenario, reps, target_reps, threads, work,
+                                                   timeout, quick, retries)
+    return results
+
+
+def benchmark_scenario(s: dict, scenario: str, reps: int, target_reps: int, threads: int, work: Path,
+                       timeout: float, quick: bool, retries: int) -> dict:
     from fmhub.config import resolve_config
     from fmhub.scenarios import get_scenario
 
-    results = {}
-    for scenario in scenarios:
-        s = settings[scenario]
-        values = {"scenario": scenario, **s["overrides"]}
-        batch = resolve_config(get_scenario(scenario).defaults, {}, values).batch_size
-        runs: dict[str, list] = {system: [] for system in s["systems"]}
-        targets: dict[str, list] = {system: [] for system in s["target_systems"]}
-        if quick:  # one run per system gives both numbers: the step budget inside epoch 1, then the target
+    values = {"scenario": scenario, **s["overrides"]}
+    batch = resolve_config(get_scenario(scenario).defaults, {}, values).batch_size
+    runs: dict[str, list] = {system: [] for system in s["systems"]}
+    targets: dict[str, list] = {system: [] for system in s["target_systems"]}
+    if quick:  # one run per system gives both numbers: the step budget inside epoch 1, then the target
+        for system in s["systems"]:
+            run = launch(work, scenario, system, s["overrides"], threads, timeout, target=s["target"])
+            runs[system].append(run)
+            if system in targets:
+                targets[system].append(run)
+    else:
+        budget = s["warmup"] + s["measure"]
+        for _ in range(reps):  # interleaved: A B A B ...
             for system in s["systems"]:
-                run = launch(work, scenario, system, s["overrides"], threads, timeout, target=s["target"])
-                runs[system].append(run)
-                if system in targets:
-                    targets[system].append(run)
-        else:
-            budget = s["warmup"] + s["measure"]
-            for _ in range(reps):  # interleaved: A B A B ...
-                for system in s["systems"]:
-                    start = partial(launch, work, scenario, system, s["overrides"], threads, timeout,
-                                    stop_after_steps=budget)
-                    check = partial(run_other_load, warmup=s["warmup"], measure=s["measure"])
-                    runs[system].append(undisturbed(start, check, retries))
-            overrides = {**s["overrides"], **s["target_overrides"]}
-            for _ in range(target_reps):
-                for system in s["target_systems"]:
-                    start = partial(launch, work, scenario, system, overrides, threads, timeout, target=s["target"])
-                    targets[system].append(undisturbed(start, run_other_load, min(retries, 1)))
-        summary = {"batch_size": batch, "warmup_steps": s["warmup"], "measured_steps": s["measure"],
-                   "overrides": s["overrides"], "target_accuracy": s["target"],
-                   "target_overrides": {**s["overrides"], **s["target_overrides"]}, "systems": {}}
-        for system, system_runs in runs.items():
-            rates = [samples_per_second(r, s["warmup"], s["measure"], batch) for r in system_runs]
-            ttt = [time_to_target(r) for r in targets.get(system, [])]
-            summary["systems"][system] = {
-                "samples_per_s": common.median(rates),
-                "samples_per_s_runs": rates,
-                "peak_rss_mb": common.median([r["peak_rss_mb"] for r in system_runs if r.get("steps")]),
-                "peak_rss_mb_runs": [r["peak_rss_mb"] for r in system_runs],
-                "other_load_runs": [r.get("other_load") for r in system_runs],
-                "disturbed_runs": sum(1 for r in system_runs if r.get("disturbed")),
-                "time_to_target_s": common.median([t.get("seconds") for t in ttt]) if ttt else None,
-                "epochs_to_target": common.median([t.get("epochs") for t in ttt]) if ttt else None,
-                "time_to_target_runs": ttt,
-                "failed_runs": sum(1 for r in system_runs if not r.get("steps")),
-            }
-        fm = summary["systems"]["fmhub"]
-        for system, values in summary["systems"].items():
-            if system != "fmhub":
-                values["ratio_fmhub_over_this"] = common.ratio(fm["samples_per_s"], values["samples_per_s"])
-        results[scenario] = summary
-    return results
+                start = partial(launch, work, scenario, system, s["overrides"], threads, timeout,
+                                stop_after_steps=budget)
+                check = partial(run_other_load, warmup=s["warmup"], measure=s["measure"])
+                runs[system].append(undisturbed(start, check, retries))
+        overrides = {**s["overrides"], **s["target_overrides"]}
+        for _ in range(target_reps):
+            for system in s["target_systems"]:
+                start = partial(launch, work, scenario, system, overrides, threads, timeout, target=s["target"])
+                targets[system].append(undisturbed(start, run_other_load, min(retries, 1)))
+    summary = {"batch_size": batch, "warmup_steps": s["warmup"], "measured_steps": s["measure"],
+               "overrides": s["overrides"], "target_accuracy": s["target"],
+               "target_overrides": {**s["overrides"], **s["target_overrides"]}, "systems": {}}
+    for system, system_runs in runs.items():
+        rates = [samples_per_second(r, s["warmup"], s["measure"], batch) for r in system_runs]
+        cpu_rates = [samples_per_cpu_second(r, s["warmup"], s["measure"], batch) for r in system_runs]
+        ttt = [time_to_target(r) for r in targets.get(system, [])]
+        summary["systems"][system] = {
+            "samples_per_s": common.median(rates),
+            "samples_per_s_runs": rates,
+            "samples_per_cpu_s": common.median(cpu_rates),
+            "samples_per_cpu_s_runs": cpu_rates,
+            "peak_rss_mb": common.median([r["peak_rss_mb"] for r in system_runs if r.get("steps")]),
+            "peak_rss_mb_runs": [r["peak_rss_mb"] for r in system_runs],
+            "other_load_runs": [r.get("other_load") for r in system_runs],
+            "disturbed_runs": sum(1 for r in system_runs if r.get("disturbed")),
+            "time_to_target_s": common.median([t.get("seconds") for t in ttt]) if ttt else None,
+            "epochs_to_target": common.median([t.get("epochs") for t in ttt]) if ttt else None,
+            "time_to_target_runs": ttt,
+            "failed_runs": sum(1 for r in system_runs if not r.get("steps")),
+            "runs": [{k: r.get(k) for k in ("steps", "counters", "steps_per_epoch", "peak_rss_mb", "spawned_at",
+                                            "other_load", "disturbed_attempts", "status", "returncode")}
+                     for r in system_runs],
+        }
+    fm = summary["systems"]["fmhub"]
+    for system, values in summary["systems"].items():
+        if system != "fmhub":
+            values["ratio_fmhub_over_this"] = common.ratio(fm["samples_per_s"], values["samples_per_s"])
+            values["cpu_ratio_fmhub_over_this"] = common.ratio(fm["samples_per_cpu_s"], values["samples_per_cpu_s"])
+    return summary
 
 
 def tables(results: dict) -> str:
@@ -536,13 +561,14 @@ def tables(results: dict) -> str:
                 f"{scenario} ({common.SHORT[scenario]})", SYSTEM_TITLES[system],
                 common.fmt(fm["samples_per_s"]), common.fmt(values["samples_per_s"]),
                 common.fmt(values["ratio_fmhub_over_this"], 2, "x"),
+                common.fmt(values["cpu_ratio_fmhub_over_this"], 2, "x"),
                 f"{common.fmt(fm['peak_rss_mb'], 0)} / {common.fmt(values['peak_rss_mb'], 0)}",
                 f"{len(fm['samples_per_s_runs'])} / {len(values['samples_per_s_runs'])}",
                 common.fmt(100 * max(loads), 0, "%") if loads else "–",
             ])
     throughput = common.markdown_table(
         ["scenario", "fmhub against", "fmhub samples/s", "other samples/s", "ratio fmhub/other",
-         "peak RSS MB fmhub / other", "runs", "max other load"], rows)
+         "ratio per CPU-second", "peak RSS MB fmhub / other", "runs", "max other load"], rows)
     rows = []
     for scenario, summary in results.items():
         for system, values in summary["systems"].items():
@@ -575,11 +601,14 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is killed")
     parser.add_argument("--work-dir", help="where runs write (default: a temporary folder, removed)")
     parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--lock", help="flock file held while a scenario is measured; starts on a quiet machine")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child_main(args.child)
         return 0
+    global LOCK
+    LOCK = args.lock
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="fmhub-bench-train-"))
     work.mkdir(parents=True, exist_ok=True)
     info = common.machine()

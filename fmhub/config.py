@@ -74,7 +74,9 @@ class TrainConfig:
         default=False, metadata={"help": "text: keep the token-embedding matrix fixed (a third less time per step)"}
     )
     image_size: int | None = field(default=None, metadata={"help": "image: input size (default: the backbone's)"})
-    freeze_backbone_epochs: int = field(default=0, metadata={"help": "train only the head for this many epochs"})
+    freeze_backbone_epochs: int = field(
+        default=0, metadata={"help": "train only the head for this many epochs (pretrained backbones only)"}
+    )
     augment: bool = field(default=True, metadata={"help": "training-time augmentation (image, audio)"})
     temperature_scaling: bool = field(default=False, metadata={"help": "fit a temperature on validation data"})
 
@@ -118,6 +120,10 @@ class TrainConfig:
             raise FmhubError("--resume needs --output-dir (the folder of the interrupted run)")
         if self.push_to_hub and not self.hub_repo_id:
             raise FmhubError("--push-to-hub needs --hub-repo-id user/name")
+        if self.freeze_backbone_epochs and not self.pretrained:
+            # a randomly initialised backbone is not worth keeping: freezing it would only train a head on noise
+            # (and make a from-scratch run spend part of its budget on that)
+            self.freeze_backbone_epochs = 0
         if self.freeze_backbone_epochs >= self.epochs and self.freeze_backbone_epochs > 0:
             raise FmhubError("--freeze-backbone-epochs must be smaller than --epochs, or the backbone never trains")
 

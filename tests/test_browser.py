@@ -169,6 +169,14 @@ def test_voice_command_upload_in_the_browser(browser_page, tmp_path):
             timeout=10_000)
     # the waveform and log-mel plot is drawn
     page.locator("#vc-device").wait_for(timeout=10_000)
+    # the device panel is dark: its text must be drawn light, whatever the theme's stylesheet says
+    colours = page.evaluate(
+        "[...document.querySelectorAll('#vc-device b, #vc-device span[data-testid]')]"
+        ".map(e => getComputedStyle(e).color)")
+    assert colours, "no text in the device panel"
+    for colour in colours:
+        red, green, blue = (int(v) for v in colour[colour.index("(") + 1 :].split(",")[:3])
+        assert 0.2126 * red + 0.7152 * green + 0.0722 * blue > 180, colours  # light text on the #1f2430 panel
     page.wait_for_function(
         "[...document.querySelectorAll('main img, main canvas, main svg.main-svg')].some("
         "e => e.offsetParent !== null && (e.tagName !== 'IMG' || (e.complete && e.naturalWidth > 200)))",

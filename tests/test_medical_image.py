@@ -86,6 +86,42 @@ print("ok")
     assert done.stdout.strip().endswith("ok")
 
 
+def test_default_backbone_keeps_its_output_stride_without_fmhub(tmp_path):
+    """The default runs efficientnet_lite0's last stage dilated (output stride 16, 8 x 8 cells at 128 px, for
+    Grad-CAM): timm and transformers must rebuild it that way from config.json alone, or the weights would run on a
+    different network."""
+    from fmhub.config import TrainConfig
+    from fmhub.scenarios.medical_image import MedicalImage
+
+    model, _ = MedicalImage().build_model(TrainConfig(scenario="medical-image", image_size=128, pretrained=False),
+                                          ["normal", "lesion"])
+    model.eval()
+    with torch.no_grad():
+        assert model.timm_model.forward_features(torch.zeros(1, 3, 128, 128)).shape[-1] == 8
+        expected = model(torch.full((1, 3, 128, 128), 0.25))["logits"][0].tolist()
+    folder = tmp_path / "lite0"
+    model.save_pretrained(folder)
+    script = f"""
+import sys, timm, torch
+from transformers import pipeline
+x = torch.full((1, 3, 128, 128), 0.25)
+model = timm.create_model("local-dir:{folder}", pretrained=True).eval()
+clf = pipeline("image-classification", model="{folder}")
+with torch.no_grad():
+    for net in (model, clf.model.timm_model):
+        assert net.forward_features(torch.zeros(1, 3, 128, 128)).shape[-1] == 8
+        logits = net(x)[0].tolist()
+        assert max(abs(a - b) for a, b in zip(logits, {expected})) < 1e-4, logits
+assert "fmhub" not in sys.modules
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
+
+
 def _medmnist(path: Path, rgb: bool, classes: int = 3, n: int = (24, 9, 9), side: int = 28) -> Path:
     """A MedMNIST-format file: uint8 images (N x H x W or N x H x W x 3), uint8 labels N x 1; a learnable pattern."""
     rng = np.random.default_rng(0)
@@ -168,6 +204,82 @@ def test_predictor_gradcam_and_input_types(tiny_image_model, tmp_path):
     assert cam["overlay"].dtype == np.uint8 and cam["overlay"].shape == (64, 64, 3)
     assert cam["heatmap"].shape == (64, 64) and 0 <= cam["heatmap"].min() and cam["heatmap"].max() <= 1
     assert "gradcam" not in predictor.predict([path])[0]
+
+
+class _BlurNet(torch.nn.Module):
+    """Four 3 x 3 / stride-2 mean filters with symmetric padding (stride 16) and ReLUs, average-pooled; the `lesion`
+    logit is the pooled brightness. Cell i of its last map is centred exactly on input pixel 16 i."""
+
+    def __init__(self):
+        super().__init__()
+        layers = []
+        for _ in range(4):
+            conv = torch.nn.Conv2d(3, 3, 3, stride=2, padding=1, bias=False)
+            weight = torch.zeros(3, 3, 3, 3)
+            for c in range(3):
+                weight[c, c] = 1 / 9
+            conv.weight.data = weight
+            layers += [conv, torch.nn.ReLU()]
+        self.features = torch.nn.Sequential(*layers)
+        self.fc = torch.nn.Linear(3, 2)
+        self.fc.weight.data = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+        self.fc.bias.data.zero_()
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def test_gradcam_lands_on_a_known_spot():
+    """The coordinate chain: cell geometry is measured (not a plain resize's), and the peak lands on the spot."""
+    from fmhub.explain import cell_geometry, gradcam, peak_in_mask, target_layer, upsample_cells
+
+    net = _BlurNet().eval()
+    layer = target_layer(net, 128)
+    assert layer is net.features[-1]
+    stride, rows, cols = cell_geometry(net, layer, 128)
+    assert stride == 16 and abs(rows) < 1.5 and abs(cols) < 1.5  # a plain resize assumes 7.5
+    for r, c in ((48, 80), (80, 32), (64, 64)):
+        image = torch.zeros(1, 3, 128, 128)
+        image[..., r - 6 : r + 6, c - 6 : c + 6] = 2.0
+        mask = (image[0, 0] > 0).numpy()
+        heat = gradcam(net, image, [1])[0]
+        assert peak_in_mask(heat, mask), np.unravel_index(heat.argmax(), heat.shape)
+        # the same cells placed the way a plain resize does land 7.5 px down-right, outside the 12 px spot
+        cells = net.features(image).sum(1).detach().numpy()
+        naive = upsample_cells(cells, (16.0, 7.5, 7.5), (128, 128), mode="bilinear")[0]
+        assert not peak_in_mask(naive, mask)
+
+
+def test_gradcam_layer_for_the_default_backbone():
+    import timm
+
+    from fmhub.explain import target_layer
+
+    for output_stride, expected in ((32, "blocks.5.0.bn1.act"), (16, "blocks.6.0.bn1.act")):
+        net = timm.create_model("efficientnet_lite0", num_classes=2, output_stride=output_stride).eval()
+        layer = target_layer(net, 128)
+        assert next(n for n, m in net.named_modules() if m is layer) == expected
+
+
+def test_embedded_data_is_deterministic_and_masks_are_the_lesions():
+    from scipy import ndimage as ndi
+
+    from fmhub.data import medical_synth
+
+    first = medical_synth.generate_detailed(12, size=128, seed=5, split="test")
+    second = medical_synth.generate_detailed(12, size=128, seed=5, split="test")
+    for key in ("images", "labels", "masks", "sources"):
+        assert np.array_equal(first[key], second[key]), key
+    assert set(first["labels"]) == {0, 1}
+    for i, (image, label, mask) in enumerate(zip(first["images"], first["labels"], first["masks"])):
+        assert mask.any() == bool(label)
+        if not label:
+            continue
+        # the same image rendered without its lesion differs only at the lesion (plus its soft edge)
+        twin, _, _ = medical_synth._render(5, medical_synth._SPLIT_CODES["test"], i, False, 128)
+        outside = ~ndi.binary_dilation(mask, iterations=8)
+        assert np.abs(image.astype(int) - twin.astype(int))[outside].max() <= 2
+        assert medical_synth._visibility(image.astype(np.float32), mask) >= 1.2  # after blur and sensor noise
 
 
 # -- bad input ------------------------------------------------------------------------------------------------------
@@ -295,3 +407,14 @@ def test_imagefolder_loads_and_splits(tmp_path):
     assert {k: len(v) for k, v in data.items()} == {"train": 14, "validation": 3, "test": 3}
     assert data["train"].features["label"].names == ["benign", "malignant"]
     assert open_image(data["test"][0]["image"]).size == (20, 20)
+
+
+def test_from_scratch_runs_do_not_freeze_a_random_backbone():
+    from fmhub.config import resolve_config
+    from fmhub.scenarios.medical_image import MedicalImage
+
+    defaults = MedicalImage.defaults
+    assert defaults["freeze_backbone_epochs"] == 1
+    pretrained = resolve_config(defaults, {}, {"scenario": "medical-image"})
+    scratch = resolve_config(defaults, {}, {"scenario": "medical-image", "pretrained": False})
+    assert pretrained.freeze_backbone_epochs == 1 and scratch.freeze_backbone_epochs == 0

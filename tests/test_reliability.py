@@ -369,7 +369,7 @@ def test_item9_very_short_and_silent_clips(media_client, stop_clip, tmp_path):
     ("id3.wav", b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 12),
     ("empty.wav", b""),
     ("text.ogg", b"this is not audio at all"),
-])
+], ids=lambda value: value if isinstance(value, str) else "")
 def test_item9_headers_followed_by_garbage_get_a_friendly_error(media_client, tmp_path, name, payload):
     """Item 9: RIFF/ID3 headers followed by garbage (and other undecodable files) -> a friendly error (launched
     app)."""

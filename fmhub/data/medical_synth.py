@@ -6,20 +6,24 @@ scikit-image's fundus photograph (`retina`), retinal close-up (`microaneurysms`)
 `MR_small.dcm` test files (windowed to 8 bits, made 3-channel). Every image, whatever its label, goes through
 the same pipeline: crop with random zoom / rotation / flip, intensity jitter, a tissue check, a candidate
 lesion site, and a final blur + sensor noise. Only for `lesion` images is a synthetic focal lesion drawn at
-the site before the final blur/noise: an irregular, soft-edged, textured blob, brighter or darker than its
-surroundings (a step of 1.8-3x the local texture's standard deviation, 28-90 gray levels), 10-24 % of
-the image width across. The lesion's pixels are the mask.
+the site before the final blur/noise: an irregular, soft-edged, speckled blob, brighter or darker than its
+surroundings (a step of 2.5-4x the local texture's standard deviation, bounded to 40-110 gray levels),
+12-26 % of the image width across, centred away from the border. The lesion's pixels are the mask. A lesion
+that does not stand out from its surroundings (mean luminance step under `MIN_VISIBILITY` = 1.5 standard
+deviations of a ring around it: typically a bright lesion straddling a bone edge in CT, which no reader could
+call) is redrawn at another site, from the lesion's own random stream; the most visible of 12 tries is kept.
 
 Cleanup of the sources (so that "normal" crops do not contain lesion-like structures): the two real
 microaneurysms in `microaneurysms()` are inpainted, and the large bright cell in `cell()` is kept out of
 every crop.
 
-Splits are disjoint by seed everywhere and, for the three large sources (fundus, histology, microscopy),
-also by image region: train, validation and test crops come from non-overlapping parts of the source.
-The three small sources (CT 128 px, MR 64 px, retinal close-up 102 px) are too small to partition, so their
-splits share the anatomy and differ in crop, augmentation and lesion (seed-disjoint only).
+Splits: every image is rendered from its own random stream keyed by (seed, split, index), so train,
+validation and test never share a crop, an augmentation or a lesion. They do share the six source images
+(there are only six): splitting the sources by region was tried and made the test set a different
+distribution (histology normals from an unseen region were all called lesions), while backgrounds seen in
+training carry no label information because both classes use the same backgrounds.
 
-Everything depends only on (seed, split, image index): same arguments, identical arrays.
+Everything depends only on (seed, split, index, size): same arguments, identical arrays.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ CLASSES = ["normal", "lesion"]
 
 _SPLIT_CODES = {None: 0, "all": 0, "train": 1, "val": 2, "validation": 2, "test": 3}
 
-# Lesion geometry and contrast (fractions of image width / of the available intensity range).
-LESION_DIAMETER = (0.10, 0.24)
+# Lesion geometry (diameter as a fraction of the image width) and contrast.
+LESION_DIAMETER = (0.12, 0.26)
 LESION_CONTRAST = (2.5, 4.0)  # intensity step, in units of the local background's standard deviation
 LESION_STEP = (40.0, 110.0)  # bounds of that step, in gray levels
+MIN_VISIBILITY = 1.5  # lesion-to-surroundings luminance step / the surroundings' standard deviation, at least
+_LESION_TRIES = 12
 _TISSUE_LEVEL = 28.0  # luminance below this is background (air, black fundus surround)
 _MIN_TISSUE_FRACTION = 0.6
 
@@ -49,23 +55,21 @@ class _Source:
     rgb: bool
     crop: tuple[float, float]  # crop side in source pixels (before zoom to `size`)
     dihedral: bool  # 90-degree rotations allowed (microscopy / fundus), not for radiology
-    regions: dict  # split code -> list of allowed (x0, y0, x1, y1) areas, normalised source coordinates
+    areas: tuple  # allowed crop areas (x0, y0, x1, y1), normalised source coordinates
     weight: float
 
 
-_WHOLE = [(0.0, 0.0, 1.0, 1.0)]
-_SHARED = {0: _WHOLE, 1: _WHOLE, 2: _WHOLE, 3: _WHOLE}
+_WHOLE = ((0.0, 0.0, 1.0, 1.0),)
 # `cell()` (660 x 550): the big bright cell sits at x 0.60-0.95, y 0.40-0.72 and is never cropped.
-_CELL_AREAS = [(0.0, 0.0, 1.0, 0.4), (0.0, 0.72, 1.0, 1.0), (0.0, 0.4, 0.58, 0.72)]
-_CELL = {0: _CELL_AREAS, 1: _CELL_AREAS, 2: _CELL_AREAS, 3: _CELL_AREAS}
+_CELL_AREAS = ((0.0, 0.0, 1.0, 0.4), (0.0, 0.72, 1.0, 1.0), (0.0, 0.4, 0.58, 0.72))
 
 SOURCES = (
-    _Source("fundus", True, (120.0, 185.0), True, _SHARED, 0.20),
-    _Source("histology_ihc", True, (110.0, 170.0), True, _SHARED, 0.20),
-    _Source("microscopy_cell", False, (100.0, 145.0), True, _CELL, 0.15),
-    _Source("retina_closeup", False, (60.0, 80.0), True, _SHARED, 0.15),
-    _Source("ct", False, (80.0, 104.0), False, _SHARED, 0.15),
-    _Source("mr", False, (40.0, 52.0), False, _SHARED, 0.15),
+    _Source("fundus", True, (120.0, 185.0), True, _WHOLE, 0.20),
+    _Source("histology_ihc", True, (110.0, 170.0), True, _WHOLE, 0.20),
+    _Source("microscopy_cell", False, (100.0, 145.0), True, _CELL_AREAS, 0.15),
+    _Source("retina_closeup", False, (60.0, 80.0), True, _WHOLE, 0.15),
+    _Source("ct", False, (80.0, 104.0), False, _WHOLE, 0.15),
+    _Source("mr", False, (40.0, 52.0), False, _WHOLE, 0.15),
 )
 
 
@@ -141,10 +145,10 @@ def _luminance(img: np.ndarray) -> np.ndarray:
     return img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _crop(rng: np.random.Generator, src: _Source, image: np.ndarray, split: int, size: int) -> np.ndarray:
+def _crop(rng: np.random.Generator, src: _Source, image: np.ndarray, size: int) -> np.ndarray:
     """Rotated / flipped / zoomed crop of the planar `image` (3 x H x W) resampled to size x size."""
     h, w = image.shape[1:]
-    rects = src.regions[split]
+    rects = src.areas
     areas = np.array([(r[2] - r[0]) * w * (r[3] - r[1]) * h for r in rects])
     x0, y0, x1, y1 = rects[rng.choice(len(rects), p=areas / areas.sum())]
     x0, x1, y0, y1 = x0 * w, x1 * w, y0 * h, y1 * h
@@ -156,7 +160,7 @@ def _crop(rng: np.random.Generator, src: _Source, image: np.ndarray, split: int,
     c, s = math.cos(theta), math.sin(theta)
     flip = rng.random() < 0.5
     side = rng.uniform(*src.crop)
-    # the rotated crop's bounding box must fit in the region (2 px slack for interpolation)
+    # the rotated crop's bounding box must fit in the area (2 px slack for interpolation)
     reach = abs(c) + abs(s)
     side = min(side, (x1 - x0 - 2) / reach, (y1 - y0 - 2) / reach)
     half = side * reach / 2.0
@@ -279,6 +283,33 @@ def _draw_lesion(
     return out, mask
 
 
+def _visibility(img: np.ndarray, mask: np.ndarray) -> float:
+    """Mean luminance step between the lesion and a ring 2-6 px around it, in units of the ring's spread."""
+    lum = _luminance(img)
+    ring = ndi.binary_dilation(mask, iterations=6) & ~ndi.binary_dilation(mask, iterations=2)
+    if not mask.any() or ring.sum() < 8:
+        return 0.0
+    return abs(float(lum[mask].mean()) - float(lum[ring].mean())) / max(float(lum[ring].std()), 4.0)
+
+
+def _place_lesion(
+    rng: np.random.Generator, img: np.ndarray, lum_smooth: np.ndarray, site: tuple, rgb: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a lesion at `site`; if it does not stand out from its surroundings (`MIN_VISIBILITY`; e.g. a bright
+    lesion straddling a bone edge in CT), redraw it at other sites and keep the most visible one."""
+    best = None
+    for attempt in range(_LESION_TRIES):
+        if attempt:
+            site = _lesion_site(rng, lum_smooth, img.shape[0]) or site
+        drawn, mask = _draw_lesion(rng, img, *site, rgb=rgb)
+        visibility = _visibility(drawn, mask)
+        if best is None or visibility > best[0]:
+            best = (visibility, drawn, mask)
+        if visibility >= MIN_VISIBILITY:
+            break
+    return best[1], best[2]
+
+
 def _render(seed: int, split: int, index: int, lesion: bool, size: int) -> tuple[np.ndarray, np.ndarray, int]:
     rng = np.random.default_rng([seed, split, index])
     sources = _load_sources()
@@ -288,7 +319,7 @@ def _render(seed: int, split: int, index: int, lesion: bool, size: int) -> tuple
     image = sources[src.name]
     site = None
     for _ in range(30):
-        img = _intensity(rng, src, _crop(rng, src, image, split, size))
+        img = _intensity(rng, src, _crop(rng, src, image, size))
         lum_smooth = ndi.uniform_filter(_luminance(img), 5)
         if (lum_smooth > _TISSUE_LEVEL).mean() < _MIN_TISSUE_FRACTION:
             continue
@@ -302,7 +333,7 @@ def _render(seed: int, split: int, index: int, lesion: bool, size: int) -> tuple
     lesion_rng = np.random.default_rng([seed, split, index, 1])
     mask = np.zeros((size, size), bool)
     if lesion:
-        img, mask = _draw_lesion(lesion_rng, img, *site, rgb=src.rgb)
+        img, mask = _place_lesion(lesion_rng, img, lum_smooth, site, src.rgb)
     # final acquisition blur and sensor noise, identical for both classes
     blur = rng.uniform(0.0, 0.8)
     if blur > 0.3:
@@ -340,8 +371,8 @@ def generate(
     n: int, *, size: int = 128, seed: int = 0, lesion_fraction: float = 0.5, split: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`n` images (uint8 [N,H,W,3]), labels (int64 [N], index into `CLASSES`) and lesion masks
-    (bool [N,H,W], all False for normal images). `split` ("train" / "val" / "test") restricts the large
-    sources to that split's region; None uses whole images."""
+    (bool [N,H,W], all False for normal images). `split` ("train" / "val" / "test" / None) selects an
+    independent random stream, so different splits never produce the same image."""
     d = generate_detailed(n, size=size, seed=seed, lesion_fraction=lesion_fraction, split=split)
     return d["images"], d["labels"], d["masks"]
 
@@ -354,8 +385,7 @@ def build_splits(
     n_test: int = 200,
     lesion_fraction: float = 0.5,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """{"train" | "validation" | "test": (images, labels, masks)}; splits use disjoint seeds and, for the
-    large sources, disjoint image regions."""
+    """{"train" | "validation" | "test": (images, labels, masks)}, rendered from disjoint random streams."""
     return {
         "train": generate(n_train, size=size, seed=seed, lesion_fraction=lesion_fraction, split="train"),
         "validation": generate(n_val, size=size, seed=seed, lesion_fraction=lesion_fraction, split="val"),

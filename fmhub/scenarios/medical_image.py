@@ -23,7 +23,8 @@ from fmhub.serving import Predictor
 NOTICE = "Research and education only, not a medical device."
 EMBEDDED_SPLITS = {"train": 600, "validation": 200, "test": 200}
 EMBEDDED_SIZE = 128
-EMBEDDED_VERSION = 1  # bump when medical_synth's output changes, so stale caches are not reused
+EMBEDDED_VERSION = 3  # bump when medical_synth's output changes, so stale caches are not reused
+DILATE_BELOW = 256  # px: below this the offline default backbone runs its last stage at output stride 16
 MAX_IMAGE_PIXELS = 36_000_000  # pixel budget checked from the header, before any pixel is decoded
 _SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
                   "test": "test"}
@@ -38,7 +39,8 @@ class MedicalImage(Scenario):
     default_backbone = "efficientnet_lite0"
     input_key = "path"
     defaults = {
-        "epochs": 4,
+        "epochs": 8,
+        "freeze_backbone_epochs": 1,
         "batch_size": 32,
         "eval_batch_size": 64,
         "learning_rate": 1e-3,
@@ -69,9 +71,16 @@ class MedicalImage(Scenario):
 
     # -- model --------------------------------------------------------------------------------------------------
     def build_model(self, config: TrainConfig, label_names: list[str]):
-        from fmhub.models.timm_backbone import TimmClassifier, create_backbone
+        from fmhub.models.timm_backbone import OFFLINE_LITE0_ARCHS, TimmClassifier, create_backbone
 
-        backbone = create_backbone(self.resolve_backbone(config.model), len(label_names), pretrained=config.pretrained)
+        name = self.resolve_backbone(config.model)
+        extra = {}
+        if name in OFFLINE_LITE0_ARCHS and (config.image_size or 224) < DILATE_BELOW:
+            # the offline default's last stage (stride 32) would have fewer than 8 x 8 cells; dilated instead (same
+            # weights, output stride 16) it keeps 8 x 8 at 128 px, fine enough for Grad-CAM to point at a lesion a
+            # tenth of the image across. timm records output_stride in config.json, so every loader rebuilds it.
+            extra["output_stride"] = 16
+        backbone = create_backbone(name, len(label_names), pretrained=config.pretrained, **extra)
         model = TimmClassifier(backbone, label_names, image_size=config.image_size)
         return model, model.data_config()
 

@@ -6,8 +6,6 @@ runs in `open_image` with a clear message, before anything is decoded.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 
 from fmhub.scenarios.medical_image import NOTICE
@@ -52,7 +50,8 @@ def build_medical_image_tab(slot: ModelSlot) -> None:
     summary = gr.Markdown(summary_markdown(slot))
     with gr.Row():
         with gr.Column():
-            upload = gr.File(label="Image", file_count="single", type="filepath", elem_id="mi-upload")
+            # type="binary": Gradio 6's "filepath" leaves an empty temporary file in the upload cache on every call
+            upload = gr.File(label="Image", file_count="single", type="binary", elem_id="mi-upload")
             button = gr.Button("Classify", variant="primary", elem_id="mi-classify")
             gr.Examples(example_images(), inputs=upload, label="Examples (synthetic)")
         with gr.Column():
@@ -61,10 +60,10 @@ def build_medical_image_tab(slot: ModelSlot) -> None:
             notice = gr.Markdown(_notice_markdown(), elem_id="mi-notice")
 
     @friendly_errors
-    def classify(path: str | None):
-        if not path:
+    def classify(data: bytes | None):
+        if data is None:
             raise gr.Error(f"Please upload an image or pick an example. {NOTICE}")
-        result = slot.get().predict([Path(path)], gradcam=True)[0]
+        result = slot.get().predict([bytes(data)], gradcam=True)[0]
         if result.get("error"):
             raise gr.Error(f"{result['error']} ({NOTICE})")
         return result["scores"], result["gradcam"]["overlay"], _notice_markdown(result), summary_markdown(slot)

@@ -47,20 +47,28 @@ class DeviceState:
 
 
 def render_device(device: DeviceState) -> str:
+    # every text element carries its own colour: the theme's stylesheet colours <b>, <span> and <div> text dark
+    # (light theme), which on this dark panel was nearly invisible
+    text = "color:#f2f4f8"
     lamp = "#ffd54a" if device.lights else "#3a3a3a"
     bars = "".join(f'<span style="display:inline-block;width:9px;height:{6 + 2 * i}px;margin-right:2px;'
                    f'background:{"#4caf50" if i < device.volume else "#555"}"></span>' for i in range(10))
     state = "playing" if device.playing else "stopped"
+
+    def field(name: str, value: str) -> str:
+        return f'<b style="{text}">{name}</b> <span style="{text}">{value}</span>'
+
     return (
         '<div id="vc-device" style="display:flex;gap:24px;align-items:center;padding:12px;border-radius:12px;'
-        'background:#1f2430;color:#eee;font-family:sans-serif">'
+        f'background:#1f2430;{text};font-family:sans-serif">'
         f'<div style="width:56px;height:56px;border-radius:50%;background:{lamp};box-shadow:0 0 '
         f'{"24px #ffd54a" if device.lights else "0 #000"}" title="lamp"></div>'
-        f'<div><b>Lights</b> {"on" if device.lights else "off"}<br><b>Volume</b> {device.volume}/10 '
-        f'<span style="vertical-align:bottom">{bars}</span><br>'
-        f'<b>Station</b> {html.escape(CHANNELS[device.channel])} ({state})<br><b>Last answer</b> '
-        f'{html.escape(device.answer)}</div>'
-        f'<div><b>Last command</b><br><span data-testid="vc-last">{html.escape(device.last)}</span></div></div>'
+        f'<div style="{text}">{field("Lights", "on" if device.lights else "off")}<br>'
+        f'{field("Volume", f"{device.volume}/10")} <span style="vertical-align:bottom">{bars}</span><br>'
+        f'{field("Station", f"{html.escape(CHANNELS[device.channel])} ({state})")}<br>'
+        f'{field("Last answer", html.escape(device.answer))}</div>'
+        f'<div style="{text}"><b style="{text}">Last command</b><br>'
+        f'<span data-testid="vc-last" style="{text}">{html.escape(device.last)}</span></div></div>'
     )
 
 
