@@ -49,3 +49,55 @@ def test_bad_text_over_the_api_gets_a_reply(app_url, text):
     client = Client(app_url, verbose=False)
     history, _, _, _ = client.predict(text, [], api_name="/chat")
     assert history[-1]["role"] == "assistant" and history[-1]["content"]
+
+
+# -- first run: the background worker that fine-tunes missing defaults --------------------------------------------
+_FAKE_CHILD = """
+import json, os, sys, time
+from pathlib import Path
+scenario = sys.argv[1]
+if scenario == "voice-command":
+    print("error the speech corpus could not be built", flush=True)
+    sys.exit(2)
+if scenario == "medical-image":
+    sys.exit(9)  # died without a word (e.g. killed for memory)
+for fraction in (0.25, 0.5):
+    print(f"progress {fraction}", flush=True)
+    time.sleep(0.3)
+print("epoch 1: accuracy=0.9", flush=True)
+folder = Path(os.environ["FMHUB_HOME"]) / "models" / scenario
+folder.mkdir(parents=True)
+(folder / "fmhub.json").write_text(json.dumps({"scenario": scenario}))
+"""
+
+
+def test_first_run_worker_reports_progress_and_failures(tmp_path, monkeypatch, capsys):
+    """The worker runs each missing default in a child process, shows its progress in the tab's status, and turns a
+    clear failure into the tab's message and a silent crash into a generic one; the server side never raises."""
+    import sys
+    import time
+
+    from fmhub.ui.models import ModelSlot, _Bootstrap
+
+    monkeypatch.setenv("FMHUB_HOME", str(tmp_path))
+    script = tmp_path / "child.py"
+    script.write_text(_FAKE_CHILD)
+    worker = _Bootstrap(command=lambda scenario: [sys.executable, str(script), scenario])
+    slots = {s: ModelSlot(s) for s in ("customer-service", "medical-image", "voice-command")}
+    for slot in slots.values():
+        worker.request(slot)
+        worker.request(slot)  # asking twice queues it once
+    assert slots["customer-service"].status().startswith("preparing the model, ")
+    seen = set()
+    deadline = time.time() + 60
+    while any(s.preparing for s in slots.values()) and time.time() < deadline:
+        seen.add(slots["customer-service"].fraction)
+        time.sleep(0.05)
+    assert not any(s.preparing for s in slots.values())
+    assert {0.25, 0.5} & seen  # progress arrived while the child ran
+    cs = slots["customer-service"]
+    assert cs.cached() and cs.fraction == 1.0 and cs.error is None
+    assert cs.status() == "not loaded yet (loads on first use)"
+    assert slots["voice-command"].status() == "error: the speech corpus could not be built"
+    assert slots["medical-image"].status() == "error: preparing the model failed; see the server console"
+    assert "epoch 1: accuracy=0.9" in capsys.readouterr().out  # the child's own output reaches the console

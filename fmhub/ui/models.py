@@ -2,18 +2,20 @@
 
 A tab asks its `ModelSlot` for a Predictor. If the model is cached it loads on first use; if it is the embedded default
 and nothing is cached yet, one background worker fine-tunes the defaults one after another (2 cores are better used
-sequentially) and the tab shows "preparing the model, n%" until it is ready.
+sequentially), each in a child process, and the tab shows "preparing the model, n%" until it is ready.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import subprocess
+import sys
 import threading
 import traceback
 from pathlib import Path
 
-from fmhub.errors import FmhubError
 from fmhub.paths import default_model_dir
 
 log = logging.getLogger("fmhub.app")
@@ -69,9 +71,12 @@ class ModelSlot:
 
 
 class _Bootstrap:
-    """One worker thread that fine-tunes the embedded defaults that are missing, in request order."""
+    """One worker thread that fine-tunes the embedded defaults that are missing, in request order, each in a child
+    process (`python -m fmhub.bootstrap SCENARIO`, see `fmhub.bootstrap` for why) whose progress lines it reads."""
 
-    def __init__(self):
+    def __init__(self, command=None):
+        # command(scenario) -> argv of the child; replaceable so the worker itself can be tested without training
+        self.command = command or (lambda scenario: [sys.executable, "-m", "fmhub.bootstrap", scenario])
         self._queue: queue.Queue[ModelSlot] = queue.Queue()
         self._requested: set[str] = set()
         self._lock = threading.Lock()
@@ -89,25 +94,42 @@ class _Bootstrap:
                 self._thread.start()
 
     def _run(self) -> None:
-        from fmhub.hub import ensure_default_model
-
         while True:
             slot = self._queue.get()
-
-            def progress(fraction: float, _message: str, slot=slot) -> None:
-                slot.fraction = min(max(fraction, 0.0), 0.99)
-
             try:
                 log.warning("fine-tuning the embedded %s default (first run only)", slot.scenario)
-                ensure_default_model(slot.scenario, progress=progress)
-                slot.fraction = 1.0
-            except FmhubError as err:
-                slot.error = str(err)
+                self._prepare(slot)
             except Exception:  # keep serving the other tabs; the traceback goes to the console only
                 log.error("preparing %s failed:\n%s", slot.scenario, traceback.format_exc())
                 slot.error = "preparing the model failed; see the server console"
             finally:
                 slot.preparing = False
+
+    def _prepare(self, slot: ModelSlot) -> None:
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])  # so the child finds fmhub even when not installed
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        error = None
+        with subprocess.Popen(self.command(slot.scenario), stdout=subprocess.PIPE, text=True, env=env) as child:
+            for line in child.stdout:
+                if line.startswith("progress "):
+                    try:
+                        slot.fraction = min(max(float(line.split()[1]), 0.0), 0.99)
+                    except (IndexError, ValueError):
+                        pass
+                elif line.startswith("error "):
+                    error = line[len("error ") :].strip()
+                else:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+        if child.returncode == 0 and slot.cached():
+            slot.fraction = 1.0
+        elif error:
+            slot.error = error
+        else:
+            log.error("preparing %s failed: the training process exited with status %s", slot.scenario,
+                      child.returncode)
+            slot.error = "preparing the model failed; see the server console"
 
 
 BOOTSTRAP = _Bootstrap()
