@@ -21,6 +21,15 @@ def app_url(tiny_intent_model):
     demo.close()
 
 
+def test_idle_queue_polls_gently(tiny_intent_model):
+    """Gradio's idle queue polls every 1 ms (~10 % of a core); the app makes it 10 ms, keeping the CPU for models."""
+    config = AppConfig(models={"customer-service": str(tiny_intent_model)}, scenarios=("customer-service",),
+                       bootstrap=False)
+    demo, _ = build_app(config)
+    assert demo._queue.sleep_when_free >= 0.01
+    assert demo._queue.progress_update_sleep_when_free >= 0.05
+
+
 def test_chat_round_trip(app_url):
     client = Client(app_url, verbose=False)
     history, cleared, details, summary = client.predict("where is my package", [], api_name="/chat")

@@ -19,6 +19,7 @@ from fmhub.ui.app import (  # noqa: E402
     AppConfig,
     available_tabs,
     launch,
+    quiet_idle_queue,
 )
 from fmhub.ui.models import BOOTSTRAP, ModelSlot  # noqa: E402
 
@@ -50,6 +51,7 @@ def build_space_demo(scenario: str, model: str | None = None) -> gr.Blocks:
         gr.Markdown(f"# {TAB_TITLES[scenario]}")
         builder(slot)
     demo.queue(api_open=False, max_size=QUEUE_MAX_SIZE, default_concurrency_limit=CONCURRENCY)
+    quiet_idle_queue(demo)
     if slot.is_default and not slot.cached():
         BOOTSTRAP.request(slot)
     return demo
