@@ -175,7 +175,7 @@ def test_voice_command_upload_in_the_browser(browser_page, tmp_path):
         ".map(e => getComputedStyle(e).color)")
     assert colours, "no text in the device panel"
     for colour in colours:
-        red, green, blue = (int(v) for v in colour[colour.index("(") + 1 :].split(",")[:3])
+        red, green, blue = (float(v) for v in re.findall(r"[\d.]+", colour)[:3])  # "rgb(242, 244, 248)"
         assert 0.2126 * red + 0.7152 * green + 0.0722 * blue > 180, colours  # light text on the #1f2430 panel
     page.wait_for_function(
         "[...document.querySelectorAll('main img, main canvas, main svg.main-svg')].some("
