@@ -63,7 +63,9 @@ FULL = {
         "target_systems": ["fmhub", "trainer"],
     },
     "medical-image": {
-        "overrides": {},
+        # every weight trains on both sides: fmhub's default freezes the backbone for epoch 1, where the throughput
+        # steps fall, and a frozen backbone skips most of the backward pass (3.4x "faster", measuring the recipe)
+        "overrides": {"freeze_backbone_epochs": 0},
         "warmup": 2,
         "measure": 8,
         "systems": ["fmhub", "trainer"],
@@ -199,8 +201,6 @@ def trainer_data(spec: dict, config, scenario, data, label_names: list[str], def
         import torch.nn.functional as F
         from torch import nn
 
-        from fmhub.models.timm_backbone import create_backbone
-
         class TimmForTrainer(nn.Module):
             """The timm model in the Trainer's contract: keyword inputs in, a dict with the loss out."""
 
@@ -215,8 +215,9 @@ def trainer_data(spec: dict, config, scenario, data, label_names: list[str], def
                     out["loss"] = F.cross_entropy(logits.float(), labels)
                 return out
 
-        backbone = create_backbone(scenario.resolve_backbone(config.model), len(label_names),
-                                   pretrained=config.pretrained)
+        # the very network fmhub trains (for the offline default: efficientnet_lite0 with its last stage dilated),
+        # as the plain timm module a Trainer script would hold
+        backbone = scenario.build_model(config, label_names)[0].timm_model
         overrides = {"crop_pct": 1.0}
         if config.image_size:
             overrides["input_size"] = (3, config.image_size, config.image_size)
