@@ -65,6 +65,15 @@ def test_tiny_model_trains_and_reports(tiny_image_model):
     assert "synthetic" in card.lower() and "not for diagnosis" in card.lower()
 
 
+def _run_without_fmhub(script: str, cwd: Path) -> None:
+    """Run `script` in a fresh interpreter that does not have fmhub on its path; it must print "ok" last."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
+
+
 def test_saved_folder_loads_with_timm_and_transformers_without_fmhub(tiny_image_model, tmp_path):
     image = _sample_png(tmp_path)
     script = f"""
@@ -79,11 +88,7 @@ assert {{o["label"] for o in out}} == {{"normal", "lesion"}}, out
 assert "fmhub" not in sys.modules
 print("ok")
 """
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("ok")
+    _run_without_fmhub(script, tmp_path)
 
 
 def test_default_backbone_keeps_its_output_stride_without_fmhub(tmp_path):
@@ -115,11 +120,7 @@ with torch.no_grad():
 assert "fmhub" not in sys.modules
 print("ok")
 """
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("ok")
+    _run_without_fmhub(script, tmp_path)
 
 
 def _medmnist(path: Path, rgb: bool, classes: int = 3, n: int = (24, 9, 9), side: int = 28) -> Path:
