@@ -110,3 +110,15 @@ def test_first_run_worker_reports_progress_and_failures(tmp_path, monkeypatch, c
     assert slots["voice-command"].status() == "error: the speech corpus could not be built"
     assert slots["medical-image"].status() == "error: preparing the model failed; see the server console"
     assert "epoch 1: accuracy=0.9" in capsys.readouterr().out  # the child's own output reaches the console
+
+
+def test_malloc_arenas_are_capped_unless_the_user_chose(monkeypatch):
+    """Under load Gradio's thread pool made glibc grow one malloc arena per thread (memory rising every round)."""
+    import sys
+
+    from fmhub.ui.app import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the user's setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert limit_malloc_arenas() is sys.platform.startswith("linux")

@@ -19,6 +19,7 @@ from fmhub.ui.app import (  # noqa: E402
     AppConfig,
     available_tabs,
     launch,
+    limit_malloc_arenas,
     quiet_idle_queue,
 )
 from fmhub.ui.models import BOOTSTRAP, ModelSlot  # noqa: E402
@@ -42,6 +43,7 @@ def build_space_demo(scenario: str, model: str | None = None) -> gr.Blocks:
     # one line in the Space's logs: which code and which model this Space runs
     print(f"fmhub Space: {scenario}, model {model or 'embedded default'}, "
           f"fmhub code from {Path(__file__).resolve().parents[1]}", file=sys.stderr, flush=True)
+    limit_malloc_arenas()
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     builder = available_tabs()[scenario]
     slot = ModelSlot(scenario, model)
