@@ -33,20 +33,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fmhub.ui.customer_service import EXAMPLES  # noqa: E402
+
 TABS = ("customer-service", "medical-image", "voice-command")
 API = {"customer-service": "/chat", "medical-image": "/classify_image", "voice-command": "/classify_audio"}
 SCORE_TOLERANCE = 1e-3  # the same input may meet a different batch on the server: tiny float differences only
 MEMORY_TOLERANCE = 0.10
-CHAT_MESSAGES = [
-    "where is my package? it was supposed to arrive on monday",
-    "I was charged twice for the same order",
-    "can I send it to my office address instead",
-    "the headphones arrived with a cracked case",
-    "I want to talk to a real person",
-    "what's the capital of Australia?",
-    "how do I reset my password",
-    "Hi there!",
-]
+# the chat tab's own examples (greeting, orders, billing, hand-off, out of scope) plus one it does not show
+CHAT_MESSAGES = [*EXAMPLES, "how do I reset my password"]
 
 
 # -- the server ---------------------------------------------------------------------------------------------------
