@@ -665,8 +665,10 @@ def test_class_weights_auto_changes_the_first_step_loss(reference, intent_data, 
         assert main(argv) == 0
     plain, weighted = (history(tmp_path / name)[0]["train_loss"] for name in ("plain", "weighted"))
     assert plain == history(reference)[0]["train_loss"]  # same first batch, same initial weights: only weights differ
-    # at initialisation every row's cross-entropy is close to log(12), so re-weighting rows moves the mean a little
-    assert abs(weighted - plain) > 1e-4, (weighted, plain)
+    # at initialisation every row's cross-entropy is close to log(12), so re-weighting rows moves the mean only a
+    # little (1e-5 to 1e-3 depending on the tiny backbone's random init); identical runs are bit-exact (line above),
+    # so any difference well above float32 rounding of a ~3.7 mean (~4e-7) is the weights at work
+    assert abs(weighted - plain) > 5e-6, (weighted, plain)
 
 
 # -- bad input: one clear line, exit code 2, nothing overwritten ------------------------------------------------
