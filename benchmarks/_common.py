@@ -230,7 +230,7 @@ def tiny_backbones(folder: Path) -> dict[str, str]:
         WhisperForAudioClassification,
     )
 
-    from fmhub.models.text import resolve_model_path
+    from fmhub.models.auto import resolve_model_path
 
     text, audio = folder / "tiny_bert", folder / "tiny_whisper"
     if not (text / "config.json").is_file():
@@ -254,7 +254,7 @@ def save_untrained_model(scenario_name: str, folder: Path, backbone: str | None 
     cached; the JSON output says which kind was measured.
     """
     from fmhub.config import resolve_config
-    from fmhub.scenarios import get_scenario
+    from fmhub.registry import get_scenario
 
     folder = Path(folder)
     if (folder / "fmhub.json").is_file():
@@ -336,8 +336,9 @@ def sample_inputs(scenario: str, folder: Path, count: int, synthetic: bool = Fal
         try:
             if synthetic:
                 raise RuntimeError("synthetic clips asked for")
+            from fmhub.data.audio_data import embedded_corpus_path
+
             from fmhub.data import speech_corpus as corpus
-            from fmhub.scenarios.voice_command import embedded_corpus_path
 
             waves = corpus.load_corpus(embedded_corpus_path())["test"][0]
             picks = rng.choice(len(waves), size=len(paths), replace=False)

@@ -219,7 +219,7 @@ def benchmark(models: dict, scenarios: list[str], sizes: dict, reps: int, thread
 
 def measure_scenario(scenario: str, folder: str, sizes: dict, reps: int, concurrency: int, work: Path,
                      quick: bool) -> tuple[dict, list]:
-    from fmhub.scenarios import get_scenario
+    from fmhub.registry import get_scenario
     from fmhub.serving import load_predictor
 
     n_latency, n_concurrent = sizes["latency_requests"][scenario], sizes["concurrent_requests"][scenario]

@@ -143,7 +143,7 @@ class EvalLines(io.TextIOBase):
 
 def resolved_config(spec: dict):
     from fmhub.config import resolve_config
-    from fmhub.scenarios import get_scenario
+    from fmhub.registry import get_scenario
 
     values = {**spec["overrides"], "scenario": spec["scenario"], "output_dir": spec["work_dir"], "report_to": "none"}
     if spec.get("target") is not None:
@@ -168,7 +168,7 @@ def run_fmhub(spec: dict, recorder: Recorder) -> None:
 
 def outlier_exposure_loss(outputs, labels, num_items_in_batch=None):
     """The loss fmhub trains text with: cross-entropy on labelled rows, rows labelled -1 pushed to uniform."""
-    from fmhub.training import classification_loss
+    from fmhub.training.setup import classification_loss
 
     return classification_loss(outputs["logits"], labels)
 
@@ -179,7 +179,7 @@ def trainer_data(spec: dict, config, scenario, data, label_names: list[str], def
     if scenario.modality == "text":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-        from fmhub.models.text import resolve_model_path
+        from fmhub.models.auto import resolve_model_path
 
         path = resolve_model_path(scenario.resolve_backbone(config.model))
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -235,8 +235,8 @@ def run_trainer(spec: dict, recorder: Recorder) -> None:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-    from fmhub.scenarios import get_scenario
-    from fmhub.training import build_optimizer
+    from fmhub.registry import get_scenario
+    from fmhub.training.setup import build_optimizer
 
     config = resolved_config(spec)
     scenario = get_scenario(spec["scenario"])
@@ -244,7 +244,7 @@ def run_trainer(spec: dict, recorder: Recorder) -> None:
     default = system == "trainer-default"
     grouped = scenario.modality == "text" and getattr(config, "group_by_length", False)
     set_seed(config.seed)
-    data = scenario.load_data(config)
+    data = scenario.load_splits(config)
     label_names = scenario.label_names(data)
     model, train, validation, collator, loss_func = trainer_data(spec, config, scenario, data, label_names, default)
     target = spec.get("target") is not None
@@ -314,7 +314,7 @@ def same_batches_trainer(trainer_class, config):
     """A Trainer that draws fmhub's length-grouped batches (the same sampler, seed and window)."""
     from torch.utils.data import DataLoader
 
-    from fmhub.training import LengthGroupedBatchSampler
+    from fmhub.training.loaders import LengthGroupedBatchSampler
 
     class SameBatchesTrainer(trainer_class):
         def get_train_dataloader(self):
@@ -493,7 +493,7 @@ def benchmark(settings: dict, scenarios: list[str], reps: int, target_reps: int,
 def benchmark_scenario(s: dict, scenario: str, reps: int, target_reps: int, threads: int, work: Path,
                        timeout: float, quick: bool, retries: int) -> dict:
     from fmhub.config import resolve_config
-    from fmhub.scenarios import get_scenario
+    from fmhub.registry import get_scenario
 
     values = {"scenario": scenario, **s["overrides"]}
     batch = resolve_config(get_scenario(scenario).defaults, {}, values).batch_size

@@ -13,8 +13,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fmhub.defaults import ensure_default_model
     from fmhub.errors import FmhubError
-    from fmhub.hub import ensure_default_model
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:

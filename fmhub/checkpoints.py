@@ -234,8 +234,3 @@ def restore_best_weights(checkpoint: Path, output_dir: Path) -> None:
     tmp.unlink(missing_ok=True)
     _link_or_copy(source, tmp)
     os.replace(tmp, target)
-
-
-def load_best_weights(output_dir: Path) -> dict[str, torch.Tensor] | None:
-    path = Path(output_dir) / BEST
-    return load_file(str(path)) if path.is_file() else None

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from fmhub.config import TrainConfig, load_yaml, resolve_config
 from fmhub.errors import FmhubError
-
-SCENARIOS = ("customer-service", "medical-image", "voice-command")
+from fmhub.registry import list_scenarios
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,14 +28,15 @@ def _field_type(field: dataclasses.Field):
     return hint
 
 
-def add_train_flags(parser: argparse.ArgumentParser) -> None:
+def add_train_flags(parser: argparse.ArgumentParser, scenarios: list[str]) -> None:
     parser.add_argument("--config", help="YAML file with any of these settings (flags win over it)")
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         kind = _field_type(field)
         help_text = field.metadata.get("help", "")
         if field.name == "scenario":
-            parser.add_argument(flag, choices=SCENARIOS, default=None, help=help_text)
+            parser.add_argument(flag, choices=scenarios, default=None,
+                                help=f"{' | '.join(scenarios)} (default: {field.default})")
         elif kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
@@ -46,19 +46,20 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fmhub", description="Fine-tune foundation-model backbones and serve them as Gradio demos.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    scenarios = list_scenarios()  # the registry: names only, no torch import
 
     train = sub.add_parser("train", help="fine-tune a backbone (also under `accelerate launch -m fmhub train`)")
-    add_train_flags(train)
+    add_train_flags(train, scenarios)
 
     evaluate = sub.add_parser("evaluate", help="score a saved model; writes all_results.json and plots")
-    evaluate.add_argument("--scenario", choices=SCENARIOS, required=True)
+    evaluate.add_argument("--scenario", choices=scenarios, required=True)
     evaluate.add_argument("--model", help="saved folder or Hub id (default: the cached embedded default)")
     evaluate.add_argument("--data", help="Hub dataset id, folder or file (default: the embedded test split)")
     evaluate.add_argument("--output-dir", help="where the metrics go (default: ./fmhub_eval/<scenario>)")
     evaluate.add_argument("--batch-size", type=int, default=64)
 
     predict = sub.add_parser("predict", help="label a JSONL file of inputs")
-    predict.add_argument("--scenario", choices=SCENARIOS, required=True)
+    predict.add_argument("--scenario", choices=scenarios, required=True)
     predict.add_argument("--model", help="saved folder or Hub id (default: the cached embedded default)")
     predict.add_argument("--input-file", required=True, help='JSONL: {"text": ...} or {"path": ...} per line')
     predict.add_argument("--output", required=True, help="JSONL written with one result per input line")
@@ -72,26 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
     spaces = sub.add_parser("spaces", help="Hugging Face Spaces: build or deploy a scenario's Space")
     spaces_sub = spaces.add_subparsers(dest="spaces_command", required=True, parser_class=_Parser)
     deploy = spaces_sub.add_parser("deploy", help="create the Space repo and upload a self-contained folder")
-    deploy.add_argument("--scenario", choices=SCENARIOS, required=True)
+    deploy.add_argument("--scenario", choices=scenarios, required=True)
     deploy.add_argument("--space-id", required=True, help="user/name of the Space")
     deploy.add_argument("--model", help="Hub id of the model the Space serves (linked in its README)")
     deploy.add_argument("--private", action="store_true")
     build = spaces_sub.add_parser("build", help="write the self-contained Space folder locally")
-    build.add_argument("--scenario", choices=SCENARIOS, required=True)
+    build.add_argument("--scenario", choices=scenarios, required=True)
     build.add_argument("--output-dir", required=True)
     build.add_argument("--model", help="Hub id or folder the Space serves")
 
     serve = sub.add_parser("serve", help="run the hub app (same as python app.py)")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
-    for name in SCENARIOS:
+    for name in scenarios:
         serve.add_argument(f"--{name}-model", help=f"folder or Hub id for the {name} tab")
     return parser
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from fmhub.registry import get_scenario
     from fmhub.runner import train
-    from fmhub.scenarios import get_scenario
 
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config")}
     yaml_values = load_yaml(args.config) if args.config else {}
@@ -102,10 +103,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from fmhub.defaults import model_folder_for
     from fmhub.metrics import headline
     from fmhub.runner import evaluate
 
-    results = evaluate(args.scenario, args.model, args.data, args.output_dir, args.batch_size)
+    folder = model_folder_for(args.model, args.scenario)
+    results = evaluate(args.scenario, folder, args.data, args.output_dir, args.batch_size)
     if "output_dir" in results:
         summary = {
             **headline(results),
@@ -137,7 +140,7 @@ def read_inputs(path: Path, key: str) -> list:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from fmhub.scenarios import get_scenario
+    from fmhub.registry import get_scenario
     from fmhub.serving import load_predictor
 
     scenario = get_scenario(args.scenario)

@@ -29,7 +29,7 @@ class TrainConfig:
     """Everything that defines a fine-tuning run. Field comments double as CLI help."""
 
     scenario: str = field(
-        default="customer-service", metadata={"help": "customer-service | medical-image | voice-command"}
+        default="customer-service", metadata={"help": "a registered scenario (see `fmhub train --help`)"}
     )
     model: str | None = field(default=None, metadata={"help": "backbone: transformers model id / timm name / folder"})
     data: str | None = field(

@@ -1,7 +1,8 @@
 """Grad-CAM explanations for timm classifiers (the `grad-cam` package, `pytorch_grad_cam`).
 
 `gradcam(model, pixel_values, targets)` returns one heatmap per image (float32 in [0, 1], the input's size);
-`overlay(rgb, heatmap)` blends it onto the image the model saw. `peak_in_mask` scores localisation.
+`overlay(rgb, heatmap)` blends it onto the image the model saw. `peak_in_mask` scores localisation, and
+`gradcam_hits` scores it over a split with lesion masks.
 
 Where the map is computed and how it is put back on the image decide whether its peak lands on a finding a tenth of
 the image across (measured on the embedded lesion set, validation split; see the README):
@@ -271,5 +272,34 @@ def peak_in_mask(heatmap: np.ndarray, mask: np.ndarray) -> bool:
     return bool(mask.flat[int(np.argmax(heatmap))])
 
 
-__all__ = ["ClassContrastTarget", "cell_geometry", "denormalize", "gradcam", "overlay", "peak_in_mask",
-           "target_layer", "upsample_cells"]
+def gradcam_hits(model, data_config: dict, split, target: int | None, batch_size: int = 32) -> list[bool]:
+    """For each row (with a `mask`): is the Grad-CAM peak (class `target`, else the predicted one) inside the mask?"""
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Resize
+
+    from fmhub.imaging import to_pil_rgb
+    from fmhub.models.timm_backbone import build_transforms
+
+    transform = build_transforms(data_config, train=False)
+    size = int(data_config["input_size"][-1])
+    # the mask goes through the same geometry as the image (timm: resize to size / crop_pct, centre crop)
+    scale = int(np.floor(size / float(data_config.get("crop_pct") or 1.0)))
+    mask_geometry = Compose([Resize(scale, interpolation=InterpolationMode.NEAREST), CenterCrop(size)])
+    device = next(model.parameters()).device
+    hits: list[bool] = []
+    for start in range(0, len(split), batch_size):
+        rows = split[start : start + batch_size]
+        pixels = torch.stack([transform(to_pil_rgb(im)) for im in rows["image"]]).to(device)
+        if target is None:
+            with torch.no_grad():
+                targets = model(pixel_values=pixels)["logits"].argmax(-1).tolist()
+        else:
+            targets = [target] * len(pixels)
+        heat = gradcam(model, pixels, targets)
+        for h, m in zip(heat, rows["mask"]):
+            mask = mask_geometry(torch.from_numpy(np.asarray(m, dtype=np.uint8))[None])[0].numpy().astype(bool)
+            hits.append(peak_in_mask(h, mask))
+    return hits
+
+
+__all__ = ["ClassContrastTarget", "cell_geometry", "denormalize", "gradcam", "gradcam_hits", "overlay",
+           "peak_in_mask", "target_layer", "upsample_cells"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -11,29 +10,24 @@ from pathlib import Path
 import numpy as np
 
 from fmhub import checkpoints, reports
+from fmhub.card import write_model_card
 from fmhub.config import TrainConfig
 from fmhub.errors import FmhubError
 from fmhub.metrics import compute_classification_metrics, headline
+from fmhub.model_folder import ModelFolder
 from fmhub.paths import default_model_dir
-from fmhub.scenarios import Scenario, get_scenario
-from fmhub.training import (
-    Engine,
-    ProgressCallback,
-    build_dataloader,
-    inverse_frequency_weights,
-    make_accelerator,
-    predict_probs,
-    seed_everything,
-)
-
-EXTRAS_FILE = "fmhub.json"
+from fmhub.registry import get_scenario
+from fmhub.scenarios.base import Scenario
+from fmhub.training.engine import Engine, ProgressCallback
+from fmhub.training.loaders import build_dataloader
+from fmhub.training.setup import inverse_frequency_weights, make_accelerator, predict_probs, seed_everything
 
 
-def evaluate_probs(scenario: Scenario, probs, labels, label_names, extras) -> dict:
+def evaluate_probs(scenario: Scenario, probs, labels, label_names, settings) -> dict:
     """Shared metrics on the labelled rows plus the scenario's own (out-of-scope recall, ...)."""
     inside = labels >= 0
     results = compute_classification_metrics(labels[inside], probs[inside], label_names)
-    results.update(scenario.extra_metrics(probs, labels, extras, label_names))
+    results.update(scenario.score_predictions(probs, labels, settings, label_names))
     return results
 
 
@@ -49,15 +43,6 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
         if nll < best_nll:
             best_t, best_nll = float(t), nll
     return best_t
-
-
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    if temperature == 1.0:
-        return probs
-    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    out = np.exp(logits)
-    return out / out.sum(axis=1, keepdims=True)
 
 
 def _prepare_output_dir(config: TrainConfig, scenario: Scenario) -> tuple[Path, Path | None]:
@@ -89,7 +74,7 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_h
     seed_everything(config.seed)
     started = time.perf_counter()
     with accelerator.main_process_first():
-        data = scenario.load_data(config)
+        data = scenario.load_splits(config)
     label_names = scenario.label_names(data)
     model, processor = scenario.build_model(config, label_names)
     with accelerator.main_process_first():
@@ -124,16 +109,16 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_h
 
     # calibrate on validation, then score the held-out test split once
     val_probs, val_labels = predict_probs(engine.model, engine.eval_dl, accelerator)
-    extras = scenario.calibrate(val_probs, val_labels, label_names)
+    settings = scenario.calibrate(val_probs, val_labels, label_names)
     if config.temperature_scaling:
         keep = val_labels >= 0
-        extras["temperature"] = fit_temperature(val_probs[keep], val_labels[keep])
+        settings["temperature"] = fit_temperature(val_probs[keep], val_labels[keep])
     test_dl = accelerator.prepare(build_dataloader(test_ds, config, collate, train=False))
-    test_probs, test_labels = predict_probs(engine.model, test_dl, accelerator, extras.get("temperature", 1.0))
-    results = evaluate_probs(scenario, test_probs, test_labels, label_names, extras)
+    test_probs, test_labels = predict_probs(engine.model, test_dl, accelerator, settings.get("temperature", 1.0))
+    results = evaluate_probs(scenario, test_probs, test_labels, label_names, settings)
     # scenario metrics that need the model itself (Grad-CAM localisation, false accepts per hour on a stream)
     results.update(
-        scenario.evaluate_extra(accelerator.unwrap_model(engine.model), processor, data["test"], config, extras)
+        scenario.score_model(accelerator.unwrap_model(engine.model), processor, data["test"], config, settings)
     )
     results["train_seconds"] = round(time.perf_counter() - started, 1)
     results["train_steps"] = result.steps
@@ -146,20 +131,18 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_h
         reports.write_evaluation(results, out)
         reports.plot_training_curves(result.history, out / "training_curves.png", config.metric_for_best_model)
         reports.write_json(out / "training_history.json", {"history": result.history})
-        extras_record = {
+        manifest = {
             "scenario": scenario.name,
             "backbone": backbone,
             "label_names": label_names,
             "data": config.data,
             "pretrained": config.pretrained,
-            **extras,
+            **settings,
             "test_metrics": headline(results),
             "skipped_batches": result.skipped_batches,
         }
-        reports.write_json(out / EXTRAS_FILE, extras_record)
-        from fmhub.hub import write_model_card
-
-        write_model_card(out, scenario, config, results, extras_record)
+        ModelFolder(out).write(manifest)
+        write_model_card(out, scenario, config, results, manifest)
         for ckpt in checkpoints.complete_checkpoints(out):
             if final is not None:
                 shutil.rmtree(ckpt, ignore_errors=True)
@@ -183,25 +166,15 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_h
     return final or out
 
 
-def read_extras(folder: Path) -> dict:
-    path = Path(folder) / EXTRAS_FILE
-    if not path.is_file():
-        raise FmhubError(f"{folder} is not an fmhub model folder (no {EXTRAS_FILE})")
-    return json.loads(path.read_text())
-
-
 def evaluate(
-    scenario_name: str, model_ref: str | None, data: str | None, output_dir: str | None = None, batch_size: int = 64
+    scenario_name: str, folder: Path, data: str | None, output_dir: str | None = None, batch_size: int = 64
 ) -> dict:
-    """Score a saved model on a data set's test split (or a whole file); gathers across processes exactly once."""
-    from fmhub.hub import resolve_model
-
+    """Score a saved model folder on a data set's test split (or a whole file); gathers across processes once."""
     scenario = get_scenario(scenario_name)
-    folder = resolve_model(model_ref, scenario.name)
-    extras = read_extras(folder)
-    if extras.get("scenario") != scenario.name:
-        raise FmhubError(f"{model_ref or folder} is a {extras.get('scenario')} model, not {scenario.name}")
-    label_names = extras["label_names"]
+    settings = ModelFolder(folder).read()
+    if settings.get("scenario") != scenario.name:
+        raise FmhubError(f"{folder} is a {settings.get('scenario')} model, not {scenario.name}")
+    label_names = settings["label_names"]
     config = TrainConfig(
         scenario=scenario.name,
         data=data,
@@ -216,9 +189,9 @@ def evaluate(
         dataset = scenario.make_dataset(split, processor, config, train=False)
     loader = build_dataloader(dataset, config, scenario.collate_fn(processor, config), train=False)
     model, loader = accelerator.prepare(model, loader)
-    probs, labels = predict_probs(model, loader, accelerator, extras.get("temperature", 1.0))
-    results = evaluate_probs(scenario, probs, labels, label_names, extras)
-    results.update(scenario.evaluate_extra(accelerator.unwrap_model(model), processor, split, config, extras))
+    probs, labels = predict_probs(model, loader, accelerator, settings.get("temperature", 1.0))
+    results = evaluate_probs(scenario, probs, labels, label_names, settings)
+    results.update(scenario.score_model(accelerator.unwrap_model(model), processor, split, config, settings))
     results["num_processes"] = accelerator.num_processes
     if accelerator.is_main_process:
         target = Path(output_dir or Path("fmhub_eval") / scenario.name)

@@ -14,16 +14,10 @@ from pathlib import Path
 import yaml
 
 from fmhub.errors import FmhubError
-from fmhub.hub import is_hub_id
+from fmhub.hubids import check_repo_id, is_hub_id
+from fmhub.registry import scenario_class
 
-SCENARIOS = ("customer-service", "medical-image", "voice-command")
 GRADIO_VERSION = "6.31.0"
-TITLES = {
-    "customer-service": ("Customer Service Assistant", "💬", "Intent detection, FAQ answers and human hand-off"),
-    "medical-image": ("Medical Image Classifier", "🩻", "timm classifier with Grad-CAM; research use only"),
-    "voice-command": ("Voice Commands", "🎙️", "Keyword spotting for 10 spoken commands, streaming"),
-}
-LICENSES = {"customer-service": "apache-2.0", "medical-image": "apache-2.0", "voice-command": "apache-2.0"}
 REQUIREMENTS = [
     "torch==2.14.1", "torchvision==0.29.1", "transformers>=5.20,<6", "timm>=1.0.20,<2", "accelerate>=1.10,<2",
     "evaluate>=0.4.6,<0.5", "datasets>=4.0,<6", "huggingface_hub>=1.0,<3", "safetensors>=0.6",
@@ -61,15 +55,16 @@ if __name__ == "__main__":
 
 
 def space_readme(scenario: str, model: str | None) -> str:
-    title, emoji, short = TITLES[scenario]
+    cls = scenario_class(scenario)
+    title, short = cls.title, cls.description
     meta = {
-        "title": title, "emoji": emoji, "colorFrom": "indigo", "colorTo": "blue", "sdk": "gradio",
-        "sdk_version": GRADIO_VERSION, "app_file": "app.py", "pinned": False, "license": LICENSES[scenario],
+        "title": title, "emoji": cls.emoji, "colorFrom": "indigo", "colorTo": "blue", "sdk": "gradio",
+        "sdk_version": GRADIO_VERSION, "app_file": "app.py", "pinned": False, "license": cls.license,
         "short_description": short, "tags": ["fmhub", scenario],
     }
     if is_hub_id(model):  # the Hub links the Space to the model page; a local folder is no Hub model
         meta["models"] = [model]
-    notice = ("\n**Research and education only, not a medical device.**\n" if scenario == "medical-image" else "")
+    notice = f"\n**{cls.notice}**\n" if cls.notice else ""
     return (f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n\n# {title}\n\n{short}.\n{notice}\n"
             f"Built with fmhub: the `{scenario}` tab of the fmhub demo hub as a standalone Space. "
             f"Model: {_model_link(model)}.\n")
@@ -83,8 +78,7 @@ def _model_link(model: str | None) -> str:
 
 def write_space_folder(scenario: str, folder: Path, model: str | None = None, bundle_package: bool = True) -> Path:
     """app.py, README.md, requirements.txt (+ the fmhub package and fmhub_space.json when bundling)."""
-    if scenario not in SCENARIOS:
-        raise FmhubError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    scenario_class(scenario)  # an unknown name fails here, with the registered ones listed
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "app.py").write_text(APP_TEMPLATE.format(scenario=scenario))
@@ -102,7 +96,7 @@ def deploy_space(scenario: str, space_id: str, model: str | None = None, private
     """Create the Space repo (gradio SDK) and upload a self-contained folder in one commit."""
     from huggingface_hub import HfApi
 
-    from fmhub.hub import check_repo_id, describe_hub_failure, hub_token, quiet_hub_logs
+    from fmhub.hub import describe_hub_failure, hub_token, quiet_hub_logs
 
     check_repo_id(space_id, "Space id")
     if model is not None:

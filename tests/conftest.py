@@ -29,7 +29,7 @@ def tiny_text_backbone(tmp_path_factory) -> Path:
     """A 2-layer, 64-wide BERT with the MiniLM tokenizer: random weights, real architecture, seconds to train."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from fmhub.models.text import resolve_model_path
+    from fmhub.models.auto import resolve_model_path
 
     folder = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"))

@@ -81,7 +81,7 @@ def test_medical_image_upload_in_the_browser(browser_page, tmp_path):
     from PIL import Image
 
     from fmhub.data import medical_synth
-    from fmhub.scenarios.medical_image import NOTICE
+    from fmhub.scenarios.medical_image import MedicalImage
     from fmhub.serving import load_predictor
 
     page, models = browser_page
@@ -95,7 +95,7 @@ def test_medical_image_upload_in_the_browser(browser_page, tmp_path):
     page.get_by_role("tab", name="Medical image").click()
     notice = page.locator("#mi-notice")
     notice.wait_for(timeout=30_000)
-    assert NOTICE in notice.inner_text()  # on the tab before any prediction
+    assert MedicalImage.notice in notice.inner_text()  # on the tab before any prediction
     page.locator("#mi-upload input[type=file]").set_input_files(str(path))
     page.locator("#mi-upload").get_by_text("lesion").first.wait_for(timeout=30_000)  # the upload finished
     page.locator("#mi-classify").click()
@@ -106,7 +106,7 @@ def test_medical_image_upload_in_the_browser(browser_page, tmp_path):
 
     # the verdict line carries the notice with the prediction, and names what the model predicts in-process
     verdict = notice.inner_text()
-    assert f"{expected['label']} ({expected['score']:.0%})" in verdict and NOTICE in verdict, verdict
+    assert f"{expected['label']} ({expected['score']:.0%})" in verdict and MedicalImage.notice in verdict, verdict
     # the probabilities panel shows every class with its percentage
     shown = visible_text(page)
     for name, p in expected["scores"].items():
@@ -122,8 +122,9 @@ def test_medical_image_upload_in_the_browser(browser_page, tmp_path):
 
 def _clearest_command(predictor) -> tuple[np.ndarray, dict]:
     """The held-out test clip (a voice never trained on) that the model hears as its own command most surely."""
+    from fmhub.data.audio_data import embedded_corpus_path
+
     from fmhub.data import speech_corpus as corpus
-    from fmhub.scenarios.voice_command import embedded_corpus_path
 
     waves, labels, _ = corpus.load_corpus(embedded_corpus_path())["test"]
     candidates = [i for i, label in enumerate(labels) if label in corpus.COMMANDS][:240]

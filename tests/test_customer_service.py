@@ -10,7 +10,8 @@ import pytest
 
 from fmhub.cli import main
 from fmhub.data import intents
-from fmhub.serving import MAX_TEXT_CHARS, clean_text, load_predictor
+from fmhub.predictors.text import MAX_TEXT_CHARS, clean_text
+from fmhub.serving import load_predictor
 
 
 def test_embedded_data_is_large_varied_and_split_without_leaks():

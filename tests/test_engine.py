@@ -33,12 +33,8 @@ from fmhub import checkpoints, runner
 from fmhub.cli import main
 from fmhub.data import intents
 from fmhub.errors import TrainingDiverged
-from fmhub.training import (
-    EpochSeededDataset,
-    LengthGroupedBatchSampler,
-    classification_loss,
-    inverse_frequency_weights,
-)
+from fmhub.training.loaders import EpochSeededDataset, LengthGroupedBatchSampler
+from fmhub.training.setup import classification_loss, inverse_frequency_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "fmhub" / "accelerate_configs"

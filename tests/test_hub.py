@@ -73,9 +73,10 @@ def _image_rows(folder: Path) -> list[dict]:
 
 def _audio_rows(folder: Path) -> list[dict]:
     """Held-out-voice clips of the embedded speech corpus as 16 kHz WAV files."""
+    from fmhub.data.audio_data import embedded_corpus_path
+
     from fmhub import audio
     from fmhub.data import speech_corpus
-    from fmhub.scenarios.voice_command import embedded_corpus_path
 
     waves, labels, _ = speech_corpus.load_corpus(embedded_corpus_path())["test"]
     rows = []
@@ -171,7 +172,7 @@ def free_port() -> int:
 
 
 def local_predictions(case: HubCase, folder: Path, rows: list[dict]) -> list[dict]:
-    from fmhub.scenarios import get_scenario
+    from fmhub.registry import get_scenario
     from fmhub.serving import load_predictor
 
     key = get_scenario(case.scenario).input_key
@@ -377,8 +378,9 @@ REQUIRED_SECTIONS = ("## Intended use and limits", "## Training data", "## Train
 def test_model_card_matches_the_run_and_passes_hub_validation(case, pushed, hub, tmp_path):
     from huggingface_hub import ModelCard
 
-    from fmhub.hub import CARD_METRICS, is_hub_id
-    from fmhub.scenarios import get_scenario
+    from fmhub.card import CARD_METRICS
+    from fmhub.hubids import is_hub_id
+    from fmhub.registry import get_scenario
 
     scenario = get_scenario(case.scenario)
     card = ModelCard.load(pushed.folder / "README.md")
@@ -421,7 +423,7 @@ def test_model_card_matches_the_run_and_passes_hub_validation(case, pushed, hub,
 
 def card_probe(**info):
     """The customer-service scenario with extra card facts (a medical scenario gives `clinical_warning`)."""
-    from fmhub.scenarios import get_scenario
+    from fmhub.registry import get_scenario
 
     scenario = get_scenario("customer-service")
     base = scenario.card_info(None)
@@ -430,8 +432,8 @@ def card_probe(**info):
 
 
 def test_card_clinical_warning_datasets_and_base_model(tiny_intent_model, tmp_path):
+    from fmhub.card import write_model_card
     from fmhub.config import TrainConfig
-    from fmhub.hub import write_model_card
 
     results = json.loads((tiny_intent_model / "all_results.json").read_text())
     extras = json.loads((tiny_intent_model / "fmhub.json").read_text())

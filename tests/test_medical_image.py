@@ -19,8 +19,11 @@ from PIL import Image
 
 from fmhub.cli import main
 from fmhub.errors import FmhubError
-from fmhub.scenarios.medical_image import MAX_IMAGE_PIXELS, NOTICE, open_image
+from fmhub.imaging import MAX_IMAGE_PIXELS, open_image
+from fmhub.scenarios.medical_image import MedicalImage
 from fmhub.serving import load_predictor
+
+NOTICE = MedicalImage.notice
 
 
 def _sample_png(folder: Path, label: int = 1, name: str = "sample.png") -> Path:
@@ -96,7 +99,6 @@ def test_default_backbone_keeps_its_output_stride_without_fmhub(tmp_path):
     Grad-CAM): timm and transformers must rebuild it that way from config.json alone, or the weights would run on a
     different network."""
     from fmhub.config import TrainConfig
-    from fmhub.scenarios.medical_image import MedicalImage
 
     model, _ = MedicalImage().build_model(TrainConfig(scenario="medical-image", image_size=128, pretrained=False),
                                           ["normal", "lesion"])
@@ -164,7 +166,7 @@ def test_medmnist_multilabel_is_refused_clearly(tmp_path):
     arrays = dict(np.load(path))
     arrays["train_labels"] = np.zeros((24, 4), np.uint8)
     np.savez(path, **arrays)
-    from fmhub.scenarios.medical_image import load_medmnist_npz
+    from fmhub.data.image_data import load_medmnist_npz
 
     with pytest.raises(FmhubError, match="multi-label"):
         load_medmnist_npz(str(path))
@@ -395,7 +397,7 @@ def test_tab_refuses_bad_files_with_a_message(app_url, tmp_path, kind):
 
 def test_imagefolder_loads_and_splits(tmp_path):
     from fmhub.config import TrainConfig
-    from fmhub.scenarios import get_scenario
+    from fmhub.registry import get_scenario
 
     rng = np.random.default_rng(0)
     for name in ("benign", "malignant"):
@@ -404,15 +406,16 @@ def test_imagefolder_loads_and_splits(tmp_path):
         for i in range(10):
             Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     config = TrainConfig(scenario="medical-image", data=str(tmp_path / "imgs"))
-    data = get_scenario("medical-image").load_data(config)
-    assert {k: len(v) for k, v in data.items()} == {"train": 14, "validation": 3, "test": 3}
+    scenario = get_scenario("medical-image")
+    assert list(scenario.load_data(config)) == ["train"]  # the data as it is; the base cuts the missing splits
+    data = scenario.load_splits(config)
+    assert {k: len(v) for k, v in data.items()} == {"train": 12, "validation": 4, "test": 4}
     assert data["train"].features["label"].names == ["benign", "malignant"]
     assert open_image(data["test"][0]["image"]).size == (20, 20)
 
 
 def test_from_scratch_runs_do_not_freeze_a_random_backbone():
     from fmhub.config import resolve_config
-    from fmhub.scenarios.medical_image import MedicalImage
 
     defaults = MedicalImage.defaults
     assert defaults["freeze_backbone_epochs"] == 1

@@ -290,8 +290,9 @@ def test_item8_damaged_and_foreign_files_get_a_friendly_error(media_client, tmp_
 @pytest.fixture(scope="module")
 def stop_clip():
     """A held-out test clip (float32, 16 kHz) of the embedded corpus."""
+    from fmhub.data.audio_data import embedded_corpus_path
+
     from fmhub.data import speech_corpus as corpus
-    from fmhub.scenarios.voice_command import embedded_corpus_path
 
     waves, labels, _ = corpus.load_corpus(embedded_corpus_path())["test"]
     return waves[labels.index("stop")]
@@ -389,12 +390,12 @@ def test_item10_notice_on_the_tab_and_with_every_prediction(media_app, media_cli
     from gradio_client import handle_file
     from PIL import Image
 
-    from fmhub.scenarios.medical_image import NOTICE
+    from fmhub.scenarios.medical_image import MedicalImage
 
     status, _, body = http(media_app.local_url.rstrip("/") + "/config")
     assert status == 200
     markdown = [c.get("props", {}).get("value") for c in json.loads(body)["components"] if c.get("type") == "markdown"]
-    assert any(NOTICE in str(v) for v in markdown)
+    assert any(MedicalImage.notice in str(v) for v in markdown)
 
     inputs = [sample_image(tmp_path, 0, "normal.png"), sample_image(tmp_path, 1, "lesion.png")]
     Image.fromarray(np.full((40, 30), 40000, np.uint16)).save(tmp_path / "gray16.png")
@@ -402,9 +403,9 @@ def test_item10_notice_on_the_tab_and_with_every_prediction(media_app, media_cli
     inputs += [tmp_path / "gray16.png", tmp_path / "rgba.png"]
     for path in inputs:
         scores, _overlay, notice, _summary = media_client.predict(handle_file(str(path)), api_name="/classify_image")
-        assert NOTICE in notice and scores["label"] in notice, (path.name, notice)
+        assert MedicalImage.notice in notice and scores["label"] in notice, (path.name, notice)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    assert NOTICE in app_error(media_client, tmp_path / "broken.png", "/classify_image")
+    assert MedicalImage.notice in app_error(media_client, tmp_path / "broken.png", "/classify_image")
 
 
 # ==================================================================================================================

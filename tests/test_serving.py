@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fmhub.errors import FmhubError
-from fmhub.serving import MicroBatcher, load_predictor
+from fmhub.predictors.base import MicroBatcher
+from fmhub.serving import load_predictor
 
 
 class Recording:
@@ -96,7 +97,7 @@ def test_calls_with_different_options_are_not_merged_and_the_size_is_bounded():
 
 @pytest.mark.slow
 def test_text_predictor_batches_without_cross_talk(tiny_intent_model):
-    from fmhub.scenarios import get_scenario
+    from fmhub.registry import get_scenario
 
     batched = load_predictor("customer-service", str(tiny_intent_model))
     assert isinstance(batched.__dict__.get("predict"), MicroBatcher)
@@ -115,7 +116,7 @@ def test_text_predictor_batches_without_cross_talk(tiny_intent_model):
 
 @pytest.mark.slow
 def test_image_predictor_batches_without_cross_talk(tiny_image_model):
-    from fmhub.scenarios import get_scenario
+    from fmhub.registry import get_scenario
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (40 + 8 * i, 48, 3), dtype=np.uint8) for i in range(6)]

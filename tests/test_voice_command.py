@@ -16,9 +16,11 @@ import soundfile as sf
 from fmhub import audio
 from fmhub.cli import main
 from fmhub.data import speech_corpus as corpus
+from fmhub.data.audio_data import CORPUS_CLIPS_PER_VOICE, embedded_corpus_path
 from fmhub.errors import FmhubError
-from fmhub.scenarios import get_scenario
-from fmhub.scenarios.voice_command import CORPUS_CLIPS_PER_VOICE, VoiceCommand, embedded_corpus_path, find_detections
+from fmhub.keyword_spotting import find_detections
+from fmhub.registry import get_scenario
+from fmhub.scenarios.voice_command import VoiceCommand
 from fmhub.serving import load_predictor
 
 STREAM_SECONDS = 60.0  # the false-accept stream, shortened for the tests (the default is 15 minutes)
@@ -124,7 +126,7 @@ def test_the_default_backbone_is_built_from_a_local_config(vc_model, tmp_path, t
     out = pipeline("audio-classification", model=str(tmp_path))({"raw": test_clips["yes"], "sampling_rate": 16000})
     assert out[0]["label"] in corpus.LABELS
     # the card links no base_model: the default is no Hub repo
-    from fmhub.hub import write_model_card
+    from fmhub.card import write_model_card
 
     results = json.loads((vc_model / "all_results.json").read_text())
     extras = {**json.loads((vc_model / "fmhub.json").read_text()), "backbone": "fmhub/whisper-kws-small"}
@@ -317,7 +319,7 @@ def test_threshold_calibration_trades_recall_for_false_accepts():
     probs = probs + (1 - probs.sum(1, keepdims=True)) / 12
     extras = scenario.calibrate(probs, labels, names)
     assert 0.6 <= extras["detection_threshold"] <= 0.8
-    metrics = scenario.extra_metrics(probs, labels, extras, names)
+    metrics = scenario.score_predictions(probs, labels, extras, names)
     assert metrics["non_command_accept_rate"] == 0.0 and metrics["command_recall_at_threshold"] > 0.9
 
 

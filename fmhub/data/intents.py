@@ -93,31 +93,52 @@ def _split_with_oos(rows: list[dict], oos: list[dict], seed: int) -> dict[str, l
     return {s: splits[s] + oos_splits[s] for s in SPLITS}
 
 
-def load_text_rows(source: str, seed: int = 0) -> dict[str, list[dict]]:
-    """User data: a JSONL/CSV file (split automatically) or a folder with train/validation/test files."""
+def dedupe(rows: list[dict]) -> list[dict]:
+    """Rows whose text (case and punctuation aside) was not seen before: a duplicate cannot cross splits."""
+    seen, out = set(), []
+    for row in rows:
+        key = _key(row["text"])
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
+
+
+def load_text_rows(source: str) -> dict[str, list[dict]]:
+    """User data: a JSONL/CSV file (train only: the missing splits are cut from it) or a folder with
+    train/validation/test files (any missing one is cut from train)."""
     path = Path(source).expanduser()
     if path.is_dir():
         found = {}
         for split in SPLITS:
             for name in (f"{split}.jsonl", f"{split}.csv", "valid.jsonl" if split == "validation" else ""):
                 if name and (path / name).is_file():
-                    found[split] = _read_table(path / name)
+                    found[split] = read_table(path / name)
                     break
         if "train" not in found:
             raise FmhubError(f"{path} has no train.jsonl or train.csv")
-        if len(found) < 3:
-            auto = split_rows(found["train"], seed=seed)
-            for split in SPLITS:
-                found.setdefault(split, auto[split])
-            if "validation" not in found or "test" not in found:
-                found["train"] = auto["train"]
+        found["train"] = dedupe(found["train"])
         return found
     if path.is_file():
-        return split_rows(_read_table(path), seed=seed)
+        return {"train": dedupe(read_table(path))}
     raise FmhubError(f"data not found: {source} (expected a .jsonl/.csv file, a folder, or a Hub dataset id)")
 
 
-def _read_table(path: Path) -> list[dict]:
+def hub_rows(dataset_id: str) -> dict[str, list[dict]]:
+    """A Hub dataset with `text` and `label` columns as rows with string labels."""
+    from fmhub.data.splits import load_hub_dataset
+
+    ds = load_hub_dataset(dataset_id, "data")
+    if "train" not in ds:
+        raise FmhubError(f"{dataset_id} has no train split")
+    label_feature = ds["train"].features.get("label")
+    names = label_feature.names if hasattr(label_feature, "names") else None
+    return {split: [{"text": t, "label": names[y] if names else str(y)} for t, y in zip(ds[split]["text"],
+                                                                                         ds[split]["label"])]
+            for split in SPLITS if split in ds}
+
+
+def read_table(path: Path) -> list[dict]:
     if path.suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))

@@ -6,7 +6,7 @@
 * `create_backbone()` returns a timm model with a fresh head: the offline weights above for those two names,
   otherwise whatever `timm.create_model` can build (timm name or `hf-hub:` id).
 * `TimmClassifier` wraps a timm model in the training-engine contract
-  (`forward(pixel_values, labels=None) -> {"logits", "loss"}`) and saves/loads timm's Hugging Face format,
+  (`forward(pixel_values) -> {"logits"}`; the engine computes the loss) and saves/loads timm's Hugging Face format,
   which both `timm.create_model("local-dir:<folder>", pretrained=True)` and
   `transformers.pipeline("image-classification", model=<folder>)` can read.
 * `build_transforms()` gives timm's preprocessing, with mild, lesion-preserving augmentation for training.
@@ -26,7 +26,6 @@ import timm
 import timm.data
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fmhub.errors import FmhubError
 
@@ -209,10 +208,10 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = True, **kwar
 class TimmClassifier(nn.Module):
     """A timm classifier speaking the training-engine contract.
 
-    `forward(pixel_values, labels=None)` returns `{"logits": ...}` plus `"loss"` (cross-entropy) when labels
-    are given. `image_size` / `crop_pct`, when not None, override the backbone's preprocessing (also in the
-    saved config). A new wrapper defaults to `crop_pct=1.0`, so evaluation sees the whole image (training
-    crops keep >= 90 % of it); `from_pretrained` keeps what the folder saved.
+    `forward(pixel_values)` returns `{"logits": ...}` (the engine computes the loss from them). `image_size` /
+    `crop_pct`, when not None, override the backbone's preprocessing (also in the saved config). A new wrapper
+    defaults to `crop_pct=1.0`, so evaluation sees the whole image (training crops keep >= 90 % of it);
+    `from_pretrained` keeps what the folder saved.
     """
 
     def __init__(
@@ -222,7 +221,6 @@ class TimmClassifier(nn.Module):
         *,
         image_size: int | None = None,
         crop_pct: float | None = 1.0,
-        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         self.timm_model = timm_model
@@ -244,30 +242,15 @@ class TimmClassifier(nn.Module):
             self.data_overrides["input_size"] = (3, int(image_size), int(image_size))
         if crop_pct is not None:
             self.data_overrides["crop_pct"] = float(crop_pct)
-        self.label_smoothing = float(label_smoothing)
         self._backbone_frozen = False
 
     # ---- training-engine contract -------------------------------------------------------------------
-    @property
-    def num_labels(self) -> int:
-        return len(self.label_names)
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.label_names))
-
-    def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **_: Any
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, pixel_values: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
         if pixel_values.dim() == 4:
             # channels-last activations: convolutions (depthwise ones above all) run ~1.5x faster on CPU (oneDNN)
             # and use tensor cores' preferred layout on GPU; the weights keep their usual layout (safetensors)
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        logits = self.timm_model(pixel_values)
-        out = {"logits": logits}
-        if labels is not None:
-            out["loss"] = F.cross_entropy(logits.float(), labels.long(), label_smoothing=self.label_smoothing)
-        return out
+        return {"logits": self.timm_model(pixel_values)}
 
     # ---- freezing --------------------------------------------------------------------------------------
     def _head_modules(self) -> list[nn.Module]:
@@ -292,10 +275,6 @@ class TimmClassifier(nn.Module):
             p.requires_grad_(True)
         self.train(self.training)
 
-    @property
-    def backbone_frozen(self) -> bool:
-        return self._backbone_frozen
-
     def train(self, mode: bool = True) -> TimmClassifier:
         super().train(mode)
         if mode and self._backbone_frozen:
@@ -305,26 +284,13 @@ class TimmClassifier(nn.Module):
                     m.eval()
         return self
 
-    def cam_target_layer(self) -> nn.Module:
-        """The last convolutional layer, the usual Grad-CAM target (`conv_head` for EfficientNets)."""
-        model = self.timm_model
-        for attr in ("conv_head", "head_conv"):
-            layer = getattr(model, attr, None)
-            if isinstance(layer, nn.Module):
-                return layer
-        info = getattr(model, "feature_info", None)
-        if info:
-            name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
-            return model.get_submodule(name)
-        raise FmhubError("cannot find a Grad-CAM target layer for this model; pass one explicitly")
-
     # ---- preprocessing -----------------------------------------------------------------------------
     def data_config(self) -> dict[str, Any]:
         """timm's resolved preprocessing (input_size, interpolation, mean, std, crop_pct, crop_mode)."""
         return timm.data.resolve_data_config(dict(self.data_overrides), model=self.timm_model)
 
     # ---- persistence -------------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | os.PathLike, extra_config: dict[str, Any] | None = None) -> str:
+    def save_pretrained(self, folder: str | os.PathLike) -> str:
         """Write timm's Hugging Face format (config.json + model.safetensors) to `folder`.
 
         `model_args.num_classes` is removed from config.json: transformers' timm wrapper passes
@@ -332,11 +298,7 @@ class TimmClassifier(nn.Module):
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        model_config: dict[str, Any] = dict(extra_config or {})
-        for reserved in ("label_names", "num_classes", "architecture", "model_args", "pretrained_cfg"):
-            if reserved in model_config:
-                raise FmhubError(f"extra_config may not set {reserved!r}")
-        model_config["label_names"] = list(self.label_names)
+        model_config: dict[str, Any] = {"label_names": list(self.label_names)}
         data_config = self.data_config() if self.data_overrides else None
         was_training = self.training
         self.eval()

@@ -1,41 +1,59 @@
-"""What a scenario states: its data, preprocessing, backbone family, post-processing and serving.
+"""What a scenario states: who it is (name, title, licence, tab, Space facts), its data, preprocessing, backbone
+family, post-processing and serving.
 
-Everything else (the loop, metrics, saving, the CLI) is shared and lives outside the scenario.
+Everything else (the loop, metrics, saving, the CLI, the app) is shared and reads the scenario from the registry.
+This module imports nothing heavy: the registry lists scenarios without importing torch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
-from fmhub.config import TrainConfig
+    from fmhub.config import TrainConfig
 
 
 class Scenario:
-    name: ClassVar[str]
+    # -- identity: the CLI, the app, the Spaces and the model card read these -------------------------------------
+    name: ClassVar[str]  # the CLI's --scenario value, e.g. "customer-service"
+    title: ClassVar[str]  # tab and Space title
+    emoji: ClassVar[str] = "🤗"
+    description: ClassVar[str] = ""  # one line: the Space's short_description and the app's tab caption
+    license: ClassVar[str] = "apache-2.0"
+    notice: ClassVar[str | None] = None  # a warning shown on the tab, the Space README and the model card
+    tab: ClassVar[str]  # "module:function" building the Gradio tab from a ModelSlot (imported by the app only)
     modality: ClassVar[str]  # text | image | audio
     pipeline_tag: ClassVar[str]  # the Hub's task name
     library_name: ClassVar[str]  # transformers | timm
     default_backbone: ClassVar[str]
     local_backbones: ClassVar[tuple[str, ...]] = ()  # default names built from a local config (not Hub repos)
-    default_labels: ClassVar[list[str]] = []
     defaults: ClassVar[dict[str, Any]] = {}  # TrainConfig overrides for this scenario
     input_key: ClassVar[str] = "path"  # key of a `fmhub predict` JSONL line
+    micro_batched: ClassVar[bool] = False  # predict() runs one forward pass per list: merge concurrent calls
 
     # -- data ---------------------------------------------------------------------------------------------------
     def load_data(self, config: TrainConfig, label_names: list[str] | None = None):
-        """A datasets.DatasetDict with train/validation/test and an integer `label` (ClassLabel).
-
-        `label_names`, when given (evaluating a saved model), fixes the label order.
-        """
+        """A datasets.DatasetDict with at least `train` and an integer `label` (ClassLabel; -1 for rows outside
+        every class, such as out-of-scope messages). Missing validation/test splits and the per-class cap are
+        handled once for every scenario by `load_splits`. `label_names`, when given (evaluating a saved model),
+        fixes the label order."""
         raise NotImplementedError
+
+    def load_splits(self, config: TrainConfig, label_names: list[str] | None = None):
+        """`load_data`, then the shared chores: validation/test cut from train when missing, and
+        `--max-samples-per-class` applied to every split."""
+        from fmhub.data.splits import cap_per_class, complete_splits
+
+        data = complete_splits(self.load_data(config, label_names), config.seed)
+        return cap_per_class(data, config.max_samples_per_class)
 
     def load_eval_split(self, config: TrainConfig, label_names: list[str]):
         """The split `fmhub evaluate` scores: the test split of the data."""
-        return self.load_data(config, label_names)["test"]
+        return self.load_splits(config, label_names)["test"]
 
     def label_names(self, data) -> list[str]:
         return list(data["train"].features["label"].names)
@@ -57,19 +75,23 @@ class Scenario:
         raise NotImplementedError
 
     def save_model(self, model, processor, folder: Path, label_names: list[str]) -> None:
-        raise NotImplementedError
+        """Weights and processor files in the ecosystem's format (the label maps go into config.json)."""
+        model.config.id2label = dict(enumerate(label_names))
+        model.config.label2id = {n: i for i, n in enumerate(label_names)}
+        model.save_pretrained(folder, safe_serialization=True)
+        processor.save_pretrained(folder)
 
     # -- scenario-specific post-processing -------------------------------------------------------------------------
     def calibrate(self, probs: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict:
-        """Extras fitted on validation predictions (thresholds, ...); stored in fmhub.json."""
+        """Settings fitted on validation predictions (thresholds, ...); stored in the folder's manifest."""
         return {}
 
-    def extra_metrics(self, probs: np.ndarray, labels: np.ndarray, extras: dict, label_names: list[str]) -> dict:
-        """Scenario metrics beyond the shared ones (out-of-scope recall, localisation, false accepts/hour)."""
+    def score_predictions(self, probs: np.ndarray, labels: np.ndarray, settings: dict, label_names: list[str]) -> dict:
+        """Scenario metrics from the test predictions, beyond the shared ones (out-of-scope recall, ...)."""
         return {}
 
-    def evaluate_extra(self, model, processor, split, config: TrainConfig, extras: dict) -> dict:
-        """Metrics that need the model itself, run once after testing (main process is enough)."""
+    def score_model(self, model, processor, split, config: TrainConfig, settings: dict) -> dict:
+        """Scenario metrics that need the model itself (localisation, false accepts/hour), once after testing."""
         return {}
 
     def predictor(self, folder: Path):
@@ -80,5 +102,5 @@ class Scenario:
         return name or self.default_backbone
 
     def card_info(self, data_source: str | None) -> dict:
-        """Facts for the model card: datasets, license, intended use, limitations."""
+        """Facts for the model card: datasets, intended use, limitations (licence and notice come from the class)."""
         return {}

@@ -8,6 +8,7 @@ default.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -19,6 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from fmhub.registry import list_scenarios, scenario_class  # noqa: E402
 from fmhub.ui.models import BOOTSTRAP, ModelSlot  # noqa: E402
 
 log = logging.getLogger("fmhub.app")
@@ -28,11 +30,6 @@ MAX_FILE_SIZE = "10mb"
 MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb guard: larger images are refused before decoding
 QUEUE_MAX_SIZE = 32
 CONCURRENCY = 2
-TAB_TITLES = {
-    "customer-service": "Customer service",
-    "medical-image": "Medical image",
-    "voice-command": "Voice command",
-}
 
 
 @dataclass
@@ -40,31 +37,20 @@ class AppConfig:
     host: str = "127.0.0.1"
     port: int = 7860
     models: dict[str, str | None] = field(default_factory=dict)
-    scenarios: tuple[str, ...] = ("customer-service", "medical-image", "voice-command")
+    scenarios: tuple[str, ...] | None = None  # None: every registered scenario
     bootstrap: bool = True  # fine-tune missing embedded defaults in the background at start-up
     queue_size: int = QUEUE_MAX_SIZE
     concurrency: int = CONCURRENCY
 
 
 def available_tabs() -> dict:
-    """scenario -> tab builder, for the scenarios whose tab module exists."""
-    builders = {}
-    from fmhub.ui.customer_service import build_customer_service_tab
-
-    builders["customer-service"] = build_customer_service_tab
-    try:
-        from fmhub.ui.medical_image import build_medical_image_tab
-
-        builders["medical-image"] = build_medical_image_tab
-    except ModuleNotFoundError:
-        pass
-    try:
-        from fmhub.ui.voice_command import build_voice_command_tab
-
-        builders["voice-command"] = build_voice_command_tab
-    except ModuleNotFoundError:
-        pass
-    return builders
+    """scenario name -> (title, tab builder) for every registered scenario, in registry order."""
+    tabs = {}
+    for name in list_scenarios():
+        cls = scenario_class(name)
+        module, _, function = cls.tab.partition(":")
+        tabs[name] = (cls.title, getattr(importlib.import_module(module), function))
+    return tabs
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
@@ -90,8 +76,9 @@ def build_app(config: AppConfig | None = None) -> tuple[gr.Blocks, dict[str, Mod
     config = config or AppConfig()
     limit_malloc_arenas()
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    builders = available_tabs()
-    slots = {s: ModelSlot(s, config.models.get(s)) for s in config.scenarios if s in builders}
+    tabs = available_tabs()
+    wanted = config.scenarios if config.scenarios is not None else tuple(tabs)
+    slots = {s: ModelSlot(s, config.models.get(s)) for s in wanted if s in tabs}
     with gr.Blocks(title="fmhub demo hub", delete_cache=(600, 900)) as demo:
         gr.Markdown(
             "# fmhub demo hub\nFine-tuned foundation models, served from this machine: pick a scenario below. "
@@ -99,8 +86,9 @@ def build_app(config: AppConfig | None = None) -> tuple[gr.Blocks, dict[str, Mod
         )
         with gr.Tabs():
             for scenario, slot in slots.items():
-                with gr.Tab(TAB_TITLES[scenario], id=scenario):
-                    builders[scenario](slot)
+                title, build_tab = tabs[scenario]
+                with gr.Tab(title, id=scenario):
+                    build_tab(slot)
     demo.queue(api_open=False, max_size=config.queue_size, default_concurrency_limit=config.concurrency)
     quiet_idle_queue(demo)
     if config.bootstrap:
@@ -147,7 +135,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
     if config_path:
         file_values = yaml.safe_load(Path(config_path).read_text()) or {}
     models = dict(file_values.get("models", {}))
-    for scenario in TAB_TITLES:
+    for scenario in list_scenarios():
         env = os.environ.get("FMHUB_" + scenario.upper().replace("-", "_") + "_MODEL")
         flag = getattr(args, scenario.replace("-", "_") + "_model", None)
         models[scenario] = flag or env or models.get(scenario)
@@ -161,7 +149,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 7860)")
     parser.add_argument("--config", help="YAML file: host, port, models: {scenario: folder or Hub id}")
-    for scenario in TAB_TITLES:
+    for scenario in list_scenarios():
         parser.add_argument(f"--{scenario}-model", help=f"folder or Hub id for the {scenario} tab")
     return parser.parse_args(argv)
 

@@ -9,7 +9,7 @@ import traceback
 import gradio as gr
 
 from fmhub.errors import FmhubError
-from fmhub.hub import card_summary
+from fmhub.model_folder import ModelFolder
 from fmhub.ui.models import ModelNotReady, ModelSlot
 
 log = logging.getLogger("fmhub.app")
@@ -37,10 +37,10 @@ def friendly_errors(fn):
 
 def summary_markdown(slot: ModelSlot) -> str:
     folder = slot.folder()
-    if folder is None or not (folder / "fmhub.json").is_file():
+    if folder is None or not ModelFolder(folder).is_fmhub_model():
         where = "embedded default" if slot.is_default else slot.model_ref
         return f"**Model:** {where} - {slot.status()}"
-    info = card_summary(folder)
+    info = ModelFolder(folder).summary()  # cached: re-read only when the file changes
     metrics = ", ".join(
         f"{k} {v:.3f}" for k, v in info["test_metrics"].items() if k in ("accuracy", "macro_f1", "roc_auc")
     )

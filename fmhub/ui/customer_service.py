@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from fmhub.serving import MAX_TEXT_CHARS, clean_text
+from fmhub.predictors.text import MAX_TEXT_CHARS, clean_text
 from fmhub.ui.common import friendly_errors, summary_markdown
 from fmhub.ui.models import ModelNotReady, ModelSlot
 

@@ -1,14 +1,14 @@
-"""Medical-image tab: upload or pick an example, get top-k probabilities and a Grad-CAM overlay.
+"""Medical image tab: upload or pick an example, get top-k probabilities and a Grad-CAM overlay.
 
 The upload is a plain file (not `gr.Image`), so that every check (pixel budget from the header, damaged files, SVG)
-runs in `open_image` with a clear message, before anything is decoded.
+runs in `fmhub.imaging.open_image` with a clear message, before anything is decoded.
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
-from fmhub.scenarios.medical_image import NOTICE
+from fmhub.registry import scenario_class
 from fmhub.ui.common import friendly_errors, summary_markdown
 from fmhub.ui.models import ModelSlot
 
@@ -35,15 +35,16 @@ def example_images() -> list[str]:
     return [str(p) for p in wanted]
 
 
-def _notice_markdown(result: dict | None = None) -> str:
+def _notice_markdown(notice: str, result: dict | None = None) -> str:
     if result is None:
-        return f"**{NOTICE}**"
+        return f"**{notice}**"
     return f"**{result['label']}** ({result['score']:.0%}) · **{result['notice']}**"
 
 
 def build_medical_image_tab(slot: ModelSlot) -> None:
+    notice_text = scenario_class(slot.scenario).notice
     gr.Markdown(
-        f"**{NOTICE}** Upload an image (PNG, JPEG, TIFF, BMP) or pick an example: the model gives its class "
+        f"**{notice_text}** Upload an image (PNG, JPEG, TIFF, BMP) or pick an example: the model gives its class "
         "probabilities and a Grad-CAM heatmap of the region that drove the prediction. The embedded default model is "
         "trained on synthetic lesions drawn into real medical images and is not meant for diagnosis."
     )
@@ -57,16 +58,17 @@ def build_medical_image_tab(slot: ModelSlot) -> None:
         with gr.Column():
             probabilities = gr.Label(num_top_classes=TOP_K, label="Probabilities")
             heatmap = gr.Image(label="Grad-CAM overlay", type="numpy", interactive=False, format="png")
-            notice = gr.Markdown(_notice_markdown(), elem_id="mi-notice")
+            notice = gr.Markdown(_notice_markdown(notice_text), elem_id="mi-notice")
 
     @friendly_errors
     def classify(data: bytes | None):
         if data is None:
-            raise gr.Error(f"Please upload an image or pick an example. {NOTICE}")
+            raise gr.Error(f"Please upload an image or pick an example. {notice_text}")
         result = slot.get().predict([bytes(data)], gradcam=True)[0]
         if result.get("error"):
-            raise gr.Error(f"{result['error']} ({NOTICE})")
-        return result["scores"], result["gradcam"]["overlay"], _notice_markdown(result), summary_markdown(slot)
+            raise gr.Error(f"{result['error']} ({notice_text})")
+        verdict = _notice_markdown(notice_text, result)
+        return result["scores"], result["gradcam"]["overlay"], verdict, summary_markdown(slot)
 
     button.click(
         classify, [upload], [probabilities, heatmap, notice, summary], api_name="classify_image", concurrency_limit=1

@@ -16,6 +16,7 @@ import threading
 import traceback
 from pathlib import Path
 
+from fmhub.model_folder import ModelFolder
 from fmhub.paths import default_model_dir
 
 log = logging.getLogger("fmhub.app")
@@ -38,7 +39,7 @@ class ModelSlot:
         return self.model_ref is None
 
     def cached(self) -> bool:
-        return not self.is_default or (default_model_dir(self.scenario) / "fmhub.json").is_file()
+        return not self.is_default or ModelFolder(default_model_dir(self.scenario)).is_fmhub_model()
 
     def folder(self) -> Path | None:
         if self.is_default:

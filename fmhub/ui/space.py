@@ -15,7 +15,6 @@ from fmhub.ui.app import (  # noqa: E402
     CONCURRENCY,
     MAX_IMAGE_PIXELS,
     QUEUE_MAX_SIZE,
-    TAB_TITLES,
     AppConfig,
     available_tabs,
     launch,
@@ -45,13 +44,13 @@ def build_space_demo(scenario: str, model: str | None = None) -> gr.Blocks:
           f"fmhub code from {Path(__file__).resolve().parents[1]}", file=sys.stderr, flush=True)
     limit_malloc_arenas()
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    builder = available_tabs()[scenario]
+    title, build_tab = available_tabs()[scenario]
     slot = ModelSlot(scenario, model)
     if on_zero_gpu():
         slot.get = gpu_aware(slot.get)
-    with gr.Blocks(title=f"fmhub {TAB_TITLES[scenario]}", delete_cache=(600, 900)) as demo:
-        gr.Markdown(f"# {TAB_TITLES[scenario]}")
-        builder(slot)
+    with gr.Blocks(title=f"fmhub {title}", delete_cache=(600, 900)) as demo:
+        gr.Markdown(f"# {title}")
+        build_tab(slot)
     demo.queue(api_open=False, max_size=QUEUE_MAX_SIZE, default_concurrency_limit=CONCURRENCY)
     quiet_idle_queue(demo)
     if slot.is_default and not slot.cached():

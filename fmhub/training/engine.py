@@ -10,35 +10,25 @@ Loop order follows Accelerate's examples: Accelerator -> set_seed -> dataloaders
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import random
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import (
-    DataLoaderConfiguration,
-    DistributedDataParallelKwargs,
-    ProjectConfiguration,
-    set_seed,
-)
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from fmhub import checkpoints
 from fmhub.config import TrainConfig
 from fmhub.errors import FmhubError, TrainingDiverged
+from fmhub.training.loaders import EpochSeededDataset, build_dataloader, preserved_rng_state
+from fmhub.training.setup import build_optimizer, classification_loss, logits_of, model_inputs, predict_probs
 
-HEAD_KEYWORDS = ("classifier", "head.fc", "fc.")
 ProgressCallback = Callable[[float, str], None]
 
 
@@ -52,217 +42,6 @@ class TrainingResult:
     skipped_batches: int
     seconds: float
     history: list[dict] = field(default_factory=list)
-
-
-def make_accelerator(config: TrainConfig, output_dir: Path | None) -> Accelerator:
-    """One Accelerator per run; trackers only where there is a folder to write to."""
-    # `accelerate launch --mixed_precision bf16` (or a launch config file's mixed_precision) applies when fmhub's own
-    # --mixed-precision is left at "no"; the config saved with the run then says what ran
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
-    if config.mixed_precision == "no" and launched in ("fp16", "bf16"):
-        config.mixed_precision = launched
-    log_with = resolve_report_to(config.report_to) if output_dir else None
-    project = None
-    if output_dir:
-        project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs"))
-    return Accelerator(
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with=log_with,
-        project_config=project,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
-        # a backbone frozen for the first epochs gets no gradients, which DDP must be told to expect
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.freeze_backbone_epochs > 0)],
-        cpu=not torch.cuda.is_available(),
-    )
-
-
-def resolve_report_to(report_to: str) -> list[str] | None:
-    if report_to == "none":
-        return None
-    if report_to == "auto":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            return None
-        return ["tensorboard"]
-    return [report_to]
-
-
-def classification_loss(
-    logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0
-) -> torch.Tensor:
-    """Cross-entropy on labelled rows; rows labelled -1 (outliers) are pushed towards the uniform distribution."""
-    logits = logits.float()
-    inside = labels >= 0
-    loss = logits.new_zeros(())
-    if inside.any():
-        weight = class_weights.to(logits.device) if class_weights is not None else None
-        loss = loss + F.cross_entropy(logits[inside], labels[inside], weight=weight, label_smoothing=label_smoothing)
-    if (~inside).any():
-        loss = loss - 0.5 * F.log_softmax(logits[~inside], dim=-1).mean()
-    return loss
-
-
-def inverse_frequency_weights(labels: list[int], num_classes: int) -> torch.Tensor:
-    """`--class-weights auto`: weight_c = N / (C * count_c), so a balanced set gets all ones."""
-    counts = np.bincount([y for y in labels if y >= 0], minlength=num_classes).astype(np.float64)
-    if not counts.sum():
-        return torch.ones(num_classes)
-    # a class absent from training never is a target, so its weight never counts; 1 keeps it finite
-    return torch.tensor(counts.sum() / (num_classes * np.maximum(counts, 1.0)), dtype=torch.float32)
-
-
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """No weight decay on biases and norms; an optional separate learning rate for the new head."""
-    head_lr = config.head_learning_rate or config.learning_rate
-    groups: dict[tuple[float, float], list] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        decay = 0.0 if param.ndim < 2 else config.weight_decay
-        lr = head_lr if any(k in name for k in HEAD_KEYWORDS) else config.learning_rate
-        groups.setdefault((lr, decay), []).append(param)
-    params = [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.learning_rate, momentum=config.momentum)
-    return torch.optim.AdamW(params, lr=config.learning_rate)
-
-
-def _seed_worker(worker_id: int) -> None:
-    """Each worker's numpy/random streams follow its torch seed (the loader's per-epoch base seed + worker id)."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-@contextlib.contextmanager
-def preserved_rng_state():
-    """Run a block without moving the global CPU random streams (random, numpy, torch) that training draws from."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-
-
-class EpochSeededDataset(torch.utils.data.Dataset):
-    """Item i of epoch e is made with random, numpy and torch (CPU) seeded from (seed, e, i).
-
-    So training-time augmentation that draws from the global generators gives the same item whatever ran before it,
-    whichever worker loads it, however far the loader has prefetched, and after a resume mid-epoch. The random and
-    torch streams are put back afterwards (dropout draws from torch's); numpy's is not (saving it costs more than
-    making the item, and nothing in the loop draws from it), so it too only depends on the last item made.
-    """
-
-    def __init__(self, dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        item_seed = zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode())
-        python_state, torch_state = random.getstate(), torch.get_rng_state()
-        random.seed(item_seed)
-        np.random.seed(item_seed)
-        torch.random.default_generator.manual_seed(item_seed)  # CPU only: the GPU's dropout stream stays
-        try:
-            return self.dataset[index]
-        finally:
-            random.setstate(python_state)
-            torch.set_rng_state(torch_state)
-
-
-class LengthGroupedBatchSampler(torch.utils.data.Sampler):
-    """Shuffled batches of similar-length examples, so dynamic padding pads little.
-
-    Each epoch: a permutation drawn from (seed, epoch), cut into windows of `window` batches; each window sorted by
-    length and cut into batches; then the batches shuffled. Batches stay random in content and order, but a batch's
-    longest example is closer to its others. On the embedded intents, padded tokens per real token go from 2.4 to
-    1.5 with windows of 4 batches (1.1 with 50, but then whole batches of greetings and goodbyes, the shortest
-    messages, made training steps lopsided: validation peaked early and test accuracy fell by 1.5 points).
-    `sampler` points to itself so Accelerate's `set_epoch` reaches it also when it is sharded across processes.
-    """
-
-    def __init__(self, lengths, batch_size: int, seed: int, window: int = 4):
-        self.lengths = np.asarray(lengths)
-        self.batch_size, self.seed, self.window, self.epoch = batch_size, seed, window, 0
-        self.drop_last, self.sampler = False, self
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-    def __iter__(self):
-        rng = np.random.default_rng((self.seed, self.epoch))
-        order = rng.permutation(len(self.lengths))
-        span = self.batch_size * self.window
-        batches = []
-        for start in range(0, len(order), span):
-            chunk = order[start : start + span]
-            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            batches += [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
-        # a short batch (at most one: the tail) stays last, where Accelerate's sharding expects it
-        short = [b for b in batches if len(b) < self.batch_size]
-        full = [b for b in batches if len(b) == self.batch_size]
-        for i in rng.permutation(len(full)):
-            yield full[i]
-        yield from short
-
-
-def build_dataloader(dataset, config: TrainConfig, collate_fn, train: bool) -> DataLoader:
-    lengths = getattr(getattr(dataset, "dataset", dataset), "lengths", None)
-    if train and config.group_by_length and lengths is not None:
-        return DataLoader(
-            dataset,
-            batch_sampler=LengthGroupedBatchSampler(lengths, config.batch_size, config.seed),
-            collate_fn=collate_fn,
-            num_workers=config.num_workers,
-            worker_init_fn=_seed_worker if config.num_workers else None,
-            # without its own generator, every iteration of the loader draws its base seed from torch's global
-            # stream, which dropout also draws from: a resumed run would iterate it a different number of times
-            generator=torch.Generator().manual_seed(config.seed),
-        )
-    return DataLoader(
-        dataset,
-        batch_size=config.batch_size if train else config.eval_batch_size,
-        shuffle=train,
-        collate_fn=collate_fn,
-        num_workers=config.num_workers,
-        worker_init_fn=_seed_worker if config.num_workers else None,
-        generator=torch.Generator().manual_seed(config.seed) if train else None,
-    )
-
-
-def model_inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k != "labels"}
-
-
-def _logits(outputs) -> torch.Tensor:
-    return outputs["logits"] if isinstance(outputs, dict) or hasattr(outputs, "keys") else outputs.logits
-
-
-@torch.no_grad()
-def predict_probs(
-    model, dataloader, accelerator: Accelerator, temperature: float = 1.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and labels for a whole (prepared) dataloader, gathered once across processes."""
-    model.eval()
-    all_probs, all_labels = [], []
-    for batch in dataloader:
-        logits = _logits(model(**model_inputs(batch))).float() / temperature
-        probs, labels = accelerator.gather_for_metrics((logits.softmax(-1), batch["labels"]))
-        all_probs.append(probs.cpu().numpy())
-        all_labels.append(labels.cpu().numpy())
-    return np.concatenate(all_probs), np.concatenate(all_labels)
 
 
 class Engine:
@@ -439,7 +218,7 @@ class Engine:
 
     def _forward_backward(self, batch: dict) -> float | None:
         """Loss and backward for one batch; None when the batch was skipped (`--nan-policy skip`)."""
-        logits = _logits(self.model(**model_inputs(batch)))
+        logits = logits_of(self.model(**model_inputs(batch)))
         loss = classification_loss(logits, batch["labels"], self.class_weights, self.config.label_smoothing)
         if self.fault_hook is not None:
             loss = self.fault_hook(self.state["global_step"] + 1, loss)
@@ -614,5 +393,3 @@ class Engine:
         )
 
 
-def seed_everything(seed: int) -> None:
-    set_seed(seed, deterministic=False)

@@ -1,4 +1,4 @@
-"""transformers backbones for text and audio: resolve ids (offline copies first), load with clear errors."""
+"""transformers Auto* backbones, text and audio alike: resolve ids (offline copies first), load with clear errors."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ def resolve_model_path(model_id: str) -> str:
         except ImportError:
             pass  # fall back to the Hub
     return model_id
+
+
+def label_maps(label_names: list[str]) -> dict:
+    """The config keywords that give a classification head its labels."""
+    return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+            "label2id": {n: i for i, n in enumerate(label_names)}}
 
 
 def load_pretrained(loader, model_id: str, what: str, **kwargs):

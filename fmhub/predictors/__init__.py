@@ -1,0 +1,1 @@
+"""One home for the predictors: `base` (shared), `text`, `image`, `audio`."""
