@@ -38,8 +38,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -433,11 +432,6 @@ class Espeak:
         return self._paths[1]
 
     @property
-    def library_path(self) -> str:
-        self._ensure(0)
-        return self._paths[0]
-
-    @property
     def native_sample_rate(self) -> int:
         """espeak-ng's output rate (22050 Hz for the bundled data)."""
         self._ensure(1)
@@ -472,48 +466,8 @@ class Espeak:
             if variant not in self._variants:
                 raise ValueError(f"unknown espeak-ng voice variant {variant!r} in {voice!r}")
 
-    def synthesize_int16(
-        self,
-        text: str,
-        voice: str,
-        rate: int = 175,
-        pitch: int = 50,
-        *,
-        pitch_range: int = 50,
-        volume: int = 100,
-        seed: int = 0,
-    ) -> np.ndarray:
-        """Raw int16 samples at :attr:`native_sample_rate` (no trimming)."""
-        self._validate_voice(voice)
-        req = {
-            "text": str(text),
-            "voice": str(voice),
-            "rate": int(np.clip(rate, 80, 750)),
-            "pitch": int(np.clip(pitch, 0, 99)),
-            "range": int(np.clip(pitch_range, 0, 99)),
-            "volume": int(np.clip(volume, 0, 200)),
-            "seed": int(seed),
-        }
-        self._ensure(1)
-        srv = self._idle.get()
-        try:
-            payload = srv.request(req)
-        finally:
-            self._idle.put(srv)
-        return np.frombuffer(payload, dtype="<i2").astype(np.int16, copy=True)
-
-    def synthesize(
-        self,
-        text: str,
-        voice: str,
-        rate: int = 175,
-        pitch: int = 50,
-        sample_rate: int = 16000,
-        *,
-        pitch_range: int = 50,
-        volume: int = 100,
-        seed: int = 0,
-    ) -> np.ndarray:
+    def synthesize(self, text: str, voice: str, rate: int = 175, pitch: int = 50, sample_rate: int = 16000, *,
+                   pitch_range: int = 50, volume: int = 100, seed: int = 0) -> np.ndarray:
         """Synthesise ``text``; float32 mono in [-1, 1] at ``sample_rate``.
 
         ``voice``: an accent such as ``"en-us"`` optionally followed by
@@ -521,30 +475,18 @@ class Espeak:
         (80..750), ``pitch`` and ``pitch_range`` 0..99.  The result is a
         deterministic function of the arguments.
         """
-        raw = self.synthesize_int16(text, voice, rate, pitch, pitch_range=pitch_range, volume=volume, seed=seed)
+        self._validate_voice(voice)
+        req = {"text": str(text), "voice": str(voice), "rate": int(np.clip(rate, 80, 750)),
+               "pitch": int(np.clip(pitch, 0, 99)), "range": int(np.clip(pitch_range, 0, 99)),
+               "volume": int(np.clip(volume, 0, 200)), "seed": int(seed)}
+        self._ensure(1)
+        srv = self._idle.get()
+        try:
+            payload = srv.request(req)
+        finally:
+            self._idle.put(srv)
+        raw = np.frombuffer(payload, dtype="<i2").astype(np.int16, copy=True)  # at native_sample_rate, untrimmed
         return _to_float(raw, self.native_sample_rate, sample_rate)
-
-    def synthesize_many(self, requests: Sequence[dict], workers: int = 2, progress=None) -> list[np.ndarray]:
-        """Synthesise many requests (dicts with :meth:`synthesize` keywords).
-
-        Uses ``workers`` helper processes in parallel; results are in request
-        order and identical to sequential calls.  ``progress``: optional
-        callable invoked with 1 after each finished request.
-        """
-        workers = max(1, int(workers))
-        self._ensure(workers)
-
-        def one(req: dict) -> np.ndarray:
-            req = dict(req)
-            out = self.synthesize(**req)
-            if progress is not None:
-                progress(1)
-            return out
-
-        if workers == 1 or len(requests) <= 1:
-            return [one(r) for r in requests]
-        with ThreadPoolExecutor(max_workers=workers) as ex:
-            return list(ex.map(one, requests))
 
 
 def _to_float(raw: np.ndarray, native_rate: int, sample_rate: int) -> np.ndarray:

@@ -377,14 +377,8 @@ def generate(
     return d["images"], d["labels"], d["masks"]
 
 
-def build_splits(
-    seed: int = 0,
-    size: int = 128,
-    n_train: int = 600,
-    n_val: int = 200,
-    n_test: int = 200,
-    lesion_fraction: float = 0.5,
-) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def build_splits(seed: int = 0, size: int = 128, n_train: int = 600, n_val: int = 200, n_test: int = 200,
+                 lesion_fraction: float = 0.5) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """{"train" | "validation" | "test": (images, labels, masks)}, rendered from disjoint random streams."""
     return {
         "train": generate(n_train, size=size, seed=seed, lesion_fraction=lesion_fraction, split="train"),

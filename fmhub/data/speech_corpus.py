@@ -268,18 +268,9 @@ def _check_non_command(words: Iterable[str]) -> list[str]:
     return words
 
 
-def synthesize_word(
-    text: str,
-    voice: str,
-    rate: int = 175,
-    pitch: int = 50,
-    *,
-    pitch_range: int = 50,
-    seed: int = 0,
-    sample_rate: int = SAMPLE_RATE,
-    max_seconds: float = MAX_WORD_S,
-    espeak: Espeak | None = None,
-) -> tuple[np.ndarray, int]:
+def synthesize_word(text: str, voice: str, rate: int = 175, pitch: int = 50, *, pitch_range: int = 50, seed: int = 0,
+                    sample_rate: int = SAMPLE_RATE, max_seconds: float = MAX_WORD_S,
+                    espeak: Espeak | None = None) -> tuple[np.ndarray, int]:
     """Synthesise one word, trim leading/trailing silence, and make it fit.
 
     If the trimmed word is longer than ``max_seconds`` it is re-synthesised at
@@ -400,17 +391,16 @@ def _plan_split(seed: int, split_idx: int, split: str, cpv: int) -> tuple[list[d
     return specs, n_unknown
 
 
+def _synthesize_spec(spec: dict, es: Espeak, seed_key: str = "seed", sample_rate: int = SAMPLE_RATE
+                     ) -> tuple[np.ndarray, int]:
+    """`synthesize_word` for a planned clip (a dict of its text, voice, rate, pitch, pitch range and seed)."""
+    return synthesize_word(spec["text"], spec["voice"], spec["rate"], spec["pitch"], pitch_range=spec["pitch_range"],
+                           seed=spec[seed_key], sample_rate=sample_rate, espeak=es)
+
+
 def _render_word(spec: dict, es: Espeak) -> tuple[np.ndarray, int, int]:
     """-> (int16 clip [CLIP_SAMPLES], rate used, trimmed length in samples)."""
-    wave, used_rate = synthesize_word(
-        spec["text"],
-        spec["voice"],
-        spec["rate"],
-        spec["pitch"],
-        pitch_range=spec["pitch_range"],
-        seed=spec["espeak_seed"],
-        espeak=es,
-    )
+    wave, used_rate = _synthesize_spec(spec, es, seed_key="espeak_seed")
     peak = float(np.max(np.abs(wave))) if wave.size else 0.0
     if peak > 0:
         wave = wave * (10 ** (spec["peak_db"] / 20) / peak)
@@ -673,17 +663,7 @@ def make_long_stream(
     ]
 
     def synth(s: dict) -> np.ndarray:
-        w, _ = synthesize_word(
-            s["text"],
-            s["voice"],
-            s["rate"],
-            s["pitch"],
-            pitch_range=s["pitch_range"],
-            seed=s["seed"],
-            sample_rate=sample_rate,
-            espeak=es,
-        )
-        return w
+        return _synthesize_spec(s, es, sample_rate=sample_rate)[0]
 
     es._ensure(max(1, int(workers)))
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as ex:

@@ -42,6 +42,13 @@ def load_pretrained(loader, model_id: str, what: str, **kwargs):
         raise FmhubError(describe_load_error(model_id, what, err)) from None
 
 
+def load_saved(folder, model_loader, processor_loader, model_what: str, processor_what: str):
+    """(model in eval mode, processor) from a saved folder, each with one clear line on failure."""
+    processor = load_pretrained(processor_loader, str(folder), processor_what)
+    model = load_pretrained(model_loader, str(folder), model_what)
+    return model.eval(), processor
+
+
 def describe_load_error(model_id: str, what: str, err: Exception) -> str:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -30,6 +30,7 @@ class Scenario:
     pipeline_tag: ClassVar[str]  # the Hub's task name
     library_name: ClassVar[str]  # transformers | timm
     default_backbone: ClassVar[str]
+    default_labels: ClassVar[list[str]] = []  # the embedded data's classes, when they are known up front
     local_backbones: ClassVar[tuple[str, ...]] = ()  # default names built from a local config (not Hub repos)
     defaults: ClassVar[dict[str, Any]] = {}  # TrainConfig overrides for this scenario
     input_key: ClassVar[str] = "path"  # key of a `fmhub predict` JSONL line

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from fmhub.data import intents
 from fmhub.errors import FmhubError
 from fmhub.hubids import looks_like_repo_id
-from fmhub.models.auto import label_maps, load_pretrained
+from fmhub.models.auto import label_maps, load_pretrained, load_saved
 from fmhub.scenarios.base import Scenario
 
 if TYPE_CHECKING:
@@ -80,9 +80,7 @@ class CustomerService(Scenario):
     def load_model(self, folder: Path):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        tokenizer = load_pretrained(AutoTokenizer, str(folder), "tokenizer")
-        model = load_pretrained(AutoModelForSequenceClassification, str(folder), "text model")
-        return model.eval(), tokenizer
+        return load_saved(folder, AutoModelForSequenceClassification, AutoTokenizer, "text model", "tokenizer")
 
     def make_dataset(self, split, tokenizer, config: TrainConfig, train: bool):
         from fmhub.data.text_data import TextDataset

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fmhub.errors import FmhubError
-from fmhub.models.auto import label_maps, load_pretrained
+from fmhub.models.auto import label_maps, load_pretrained, load_saved
 from fmhub.scenarios.base import Scenario
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class VoiceCommand(Scenario):
         backbone = self.resolve_backbone(config.model)
         if backbone == LOCAL_BACKBONE:
             # no pretrained audio weights exist offline: this backbone always starts from scratch
-            config.pretrained = False  # recorded as it ran, in train_config.yaml and fmhub.json
+            config.pretrained = False  # recorded as it ran, in train_config.yaml and the manifest
             model = WhisperForAudioClassification(WhisperConfig(**LOCAL_WHISPER, **labels))
             extractor = WhisperFeatureExtractor(feature_size=LOCAL_WHISPER["num_mel_bins"], chunk_length=1)
             return model, extractor
@@ -129,9 +129,8 @@ class VoiceCommand(Scenario):
     def load_model(self, folder: Path):
         from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-        extractor = load_pretrained(AutoFeatureExtractor, str(folder), "feature extractor")
-        model = load_pretrained(AutoModelForAudioClassification, str(folder), "audio model")
-        return model.eval(), extractor
+        return load_saved(folder, AutoModelForAudioClassification, AutoFeatureExtractor, "audio model",
+                          "feature extractor")
 
     def make_dataset(self, split, extractor, config: TrainConfig, train: bool):
         from fmhub.data.audio_data import ClipDataset, FeatureDataset, augment_banks, waves_of
@@ -146,12 +145,6 @@ class VoiceCommand(Scenario):
         from fmhub.data.audio_data import ClipCollator
 
         return ClipCollator(extractor)
-
-    def save_model(self, model, extractor, folder: Path, label_names: list[str]) -> None:
-        model.config.id2label = dict(enumerate(label_names))
-        model.config.label2id = {n: i for i, n in enumerate(label_names)}
-        model.save_pretrained(folder, safe_serialization=True)
-        extractor.save_pretrained(folder)
 
     # -- detection threshold, false accepts ---------------------------------------------------------------------
     def calibrate(self, probs: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict:
