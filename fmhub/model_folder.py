@@ -79,11 +79,6 @@ class ModelFolder:
     def label_names(self) -> list[str]:
         return list(self.read_or_empty().get("label_names") or [])
 
-    @property
-    def settings(self) -> dict:
-        """The manifest: calibrated thresholds, temperature, FAQ, ... as the scenario stored them."""
-        return self.read_or_empty()
-
     def summary(self) -> dict:
         """Backbone, data and test metrics, for display."""
         record = self.read_or_empty()

@@ -55,15 +55,10 @@ def _load_builtin() -> None:
     if _builtin_loaded:
         return
     _builtin_loaded = True
-    builtin = {}
-    for entry in BUILTIN:
+    for entry in BUILTIN:  # `register` loads these first, so the built-ins always come first
         module, _, attr = entry.partition(":")
         cls = getattr(importlib.import_module(module), attr)
-        builtin[cls.name] = cls
-    registered = dict(_REGISTRY)  # registered before the built-ins loaded: listed after them, and wins on a clash
-    _REGISTRY.clear()
-    _REGISTRY.update(builtin)
-    _REGISTRY.update(registered)
+        _REGISTRY[cls.name] = cls
 
 
 __all__ = ["Scenario", "BUILTIN", "register", "unregister", "scenario_class", "get_scenario", "list_scenarios"]

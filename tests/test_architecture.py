@@ -194,34 +194,35 @@ def _text_data(folder: Path) -> str:
     return str(path)
 
 
-def _image_data(folder: Path) -> str:
+def _class_folders(folder: Path, make_file) -> str:
+    """An imagefolder/audiofolder layout: two label subfolders of PER_CLASS files written by `make_file`."""
+    rng = np.random.default_rng(0)
+    for index, label in enumerate(("first", "second")):
+        (folder / label).mkdir()
+        for i in range(PER_CLASS):
+            make_file(folder / label / str(i), index, rng)
+    return str(folder)
+
+
+def _image_file(stem: Path, index: int, rng) -> None:
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    for label, level in (("dent", 60), ("scratch", 190)):
-        (folder / label).mkdir()
-        for i in range(PER_CLASS):
-            pixels = np.clip(rng.normal(level, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / label / f"{i}.png")
-    return str(folder)
+    pixels = np.clip(rng.normal(60 + 130 * index, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(stem.with_suffix(".png"))
 
 
-def _audio_data(folder: Path) -> str:
-    rng = np.random.default_rng(0)
-    for label, hz in (("beep", 440.0), ("buzz", 150.0)):
-        (folder / label).mkdir()
-        for i in range(PER_CLASS):
-            t = np.arange(16000) / 16000
-            samples = 0.3 * np.sin(2 * np.pi * hz * t) + 0.01 * rng.normal(size=t.size)
-            with wave.open(str(folder / label / f"{i}.wav"), "wb") as fh:
-                fh.setnchannels(1)
-                fh.setsampwidth(2)
-                fh.setframerate(16000)
-                fh.writeframes((samples * 32767).astype("<i2").tobytes())
-    return str(folder)
+def _audio_file(stem: Path, index: int, rng) -> None:
+    t = np.arange(16000) / 16000
+    samples = 0.3 * np.sin(2 * np.pi * (150.0 + 290.0 * index) * t) + 0.01 * rng.normal(size=t.size)
+    with wave.open(str(stem.with_suffix(".wav")), "wb") as fh:
+        fh.setnchannels(1)
+        fh.setsampwidth(2)
+        fh.setframerate(16000)
+        fh.writeframes((samples * 32767).astype("<i2").tobytes())
 
 
-DATA = {"text": _text_data, "image": _image_data, "audio": _audio_data}
+DATA = {"text": _text_data, "image": lambda folder: _class_folders(folder, _image_file),
+        "audio": lambda folder: _class_folders(folder, _audio_file)}
 
 
 def _registered() -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,6 @@ class VoiceCommandPredictor(Predictor):
         self.refractory_s = float(self.settings.get("refractory_seconds", REFRACTORY_S))
         self.max_seconds = audio.MAX_SECONDS
         self.commands = [n for n in self.label_names if n not in (SILENCE, UNKNOWN)]
-        self._lock = threading.Lock()
 
     def predict_windows(self, windows: np.ndarray) -> np.ndarray:
         with self._lock:  # one forward pass at a time per model; torch uses the cores itself

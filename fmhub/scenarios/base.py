@@ -77,8 +77,10 @@ class Scenario:
 
     def save_model(self, model, processor, folder: Path, label_names: list[str]) -> None:
         """Weights and processor files in the ecosystem's format (the label maps go into config.json)."""
-        model.config.id2label = dict(enumerate(label_names))
-        model.config.label2id = {n: i for i, n in enumerate(label_names)}
+        from fmhub.models.auto import label_maps
+
+        maps = label_maps(label_names)
+        model.config.id2label, model.config.label2id = maps["id2label"], maps["label2id"]
         model.save_pretrained(folder, safe_serialization=True)
         processor.save_pretrained(folder)
 
