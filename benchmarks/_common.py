@@ -336,9 +336,8 @@ def sample_inputs(scenario: str, folder: Path, count: int, synthetic: bool = Fal
         try:
             if synthetic:
                 raise RuntimeError("synthetic clips asked for")
-            from fmhub.data.audio_data import embedded_corpus_path
-
             from fmhub.data import speech_corpus as corpus
+            from fmhub.data.audio_data import embedded_corpus_path
 
             waves = corpus.load_corpus(embedded_corpus_path())["test"][0]
             picks = rng.choice(len(waves), size=len(paths), replace=False)

@@ -132,12 +132,12 @@ def make_inputs(folder: Path, per_tab: int = 4) -> dict[str, list[Request]]:
     """Distinct inputs per tab: chat messages, embedded test images (both classes), held-out test clips of different
     commands padded with silence to different lengths (so every answer names its clip by its duration too)."""
     import numpy as np
-    from fmhub.data.audio_data import embedded_corpus_path
     from PIL import Image
 
     from fmhub import audio
     from fmhub.data import medical_synth
     from fmhub.data import speech_corpus as corpus
+    from fmhub.data.audio_data import embedded_corpus_path
 
     folder.mkdir(parents=True, exist_ok=True)
     requests: dict[str, list[Request]] = {"customer-service": [

@@ -78,6 +78,11 @@ class TrainConfig:
         default=0, metadata={"help": "train only the head for this many epochs (pretrained backbones only)"}
     )
     augment: bool = field(default=True, metadata={"help": "training-time augmentation (image, audio)"})
+    voice_families: str | None = field(
+        default=None, metadata={"help": "audio, embedded corpus: synthesizer families to train on, comma-separated "
+                                        "(espeak-ng, piper, mbrola, pico; `--voice-families=-piper`: every "
+                                        "installed one but piper; default: every installed one)"}
+    )
     temperature_scaling: bool = field(default=False, metadata={"help": "fit a temperature on validation data"})
 
     report_to: str = field(default="auto", metadata={"help": "auto | none | tensorboard | wandb"})

@@ -99,21 +99,21 @@ def tiny_image_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_audio_backbone(tmp_path_factory) -> Path:
-    """A 1-layer, 32-wide Whisper-style encoder with the 64-mel, 1 s feature extractor (the default's architecture):
-    random weights, real architecture."""
+    """A 1-layer, 32-wide Whisper-style encoder with the 64-mel, 1 s, 20 ms-frame feature extractor (the default's
+    architecture): random weights, real architecture."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
 
     folder = tmp_path_factory.mktemp("tiny_whisper")
     config = WhisperConfig(num_mel_bins=64, d_model=32, encoder_layers=1, encoder_attention_heads=2,
-                           encoder_ffn_dim=64, max_source_positions=50, classifier_proj_size=32)
+                           encoder_ffn_dim=64, max_source_positions=25, classifier_proj_size=32)
     WhisperForAudioClassification(config).save_pretrained(folder)
-    WhisperFeatureExtractor(feature_size=64, chunk_length=1).save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=64, chunk_length=1, hop_length=320).save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_audio_model(tiny_audio_backbone, tmp_path_factory) -> Path:
-    """The tiny audio model trained on 32 clips per class of the embedded speech corpus through the real CLI."""
+    """The tiny audio model trained on 64 clips per class of the embedded speech corpus through the real CLI."""
     from fmhub.cli import main
     from fmhub.scenarios.voice_command import VoiceCommand
 
@@ -121,7 +121,7 @@ def tiny_audio_model(tiny_audio_backbone, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(VoiceCommand, "fa_stream_seconds", 60.0)  # a 1-minute false-accept stream (default: 15 minutes)
         code = main(["train", "--scenario", "voice-command", "--model", str(tiny_audio_backbone), "--no-pretrained",
-                     "--max-samples-per-class", "32", "--epochs", "5", "--learning-rate", "3e-3",
+                     "--max-samples-per-class", "64", "--epochs", "8", "--learning-rate", "3e-3",
                      "--output-dir", str(out), "--report-to", "none"])
     assert code == 0
     return out

@@ -122,9 +122,8 @@ def test_medical_image_upload_in_the_browser(browser_page, tmp_path):
 
 def _clearest_command(predictor) -> tuple[np.ndarray, dict]:
     """The held-out test clip (a voice never trained on) that the model hears as its own command most surely."""
-    from fmhub.data.audio_data import embedded_corpus_path
-
     from fmhub.data import speech_corpus as corpus
+    from fmhub.data.audio_data import embedded_corpus_path
 
     waves, labels, _ = corpus.load_corpus(embedded_corpus_path())["test"]
     candidates = [i for i, label in enumerate(labels) if label in corpus.COMMANDS][:240]

@@ -73,10 +73,9 @@ def _image_rows(folder: Path) -> list[dict]:
 
 def _audio_rows(folder: Path) -> list[dict]:
     """Held-out-voice clips of the embedded speech corpus as 16 kHz WAV files."""
-    from fmhub.data.audio_data import embedded_corpus_path
-
     from fmhub import audio
     from fmhub.data import speech_corpus
+    from fmhub.data.audio_data import embedded_corpus_path
 
     waves, labels, _ = speech_corpus.load_corpus(embedded_corpus_path())["test"]
     rows = []

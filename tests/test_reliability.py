@@ -290,9 +290,8 @@ def test_item8_damaged_and_foreign_files_get_a_friendly_error(media_client, tmp_
 @pytest.fixture(scope="module")
 def stop_clip():
     """A held-out test clip (float32, 16 kHz) of the embedded corpus."""
-    from fmhub.data.audio_data import embedded_corpus_path
-
     from fmhub.data import speech_corpus as corpus
+    from fmhub.data.audio_data import embedded_corpus_path
 
     waves, labels, _ = corpus.load_corpus(embedded_corpus_path())["test"]
     return waves[labels.index("stop")]

@@ -16,7 +16,8 @@ import soundfile as sf
 from fmhub import audio
 from fmhub.cli import main
 from fmhub.data import speech_corpus as corpus
-from fmhub.data.audio_data import CORPUS_CLIPS_PER_VOICE, embedded_corpus_path
+from fmhub.data import voice_corpus
+from fmhub.data.audio_data import CORPUS_CLIPS_PER_VOICE, corpus_dir, embedded_corpus_path
 from fmhub.errors import FmhubError
 from fmhub.keyword_spotting import find_detections
 from fmhub.registry import get_scenario
@@ -71,14 +72,26 @@ def test_training_writes_a_standard_folder_with_metrics(vc_model):
     config = json.loads((vc_model / "config.json").read_text())
     assert [config["id2label"][str(i)] for i in range(12)] == corpus.LABELS
     results = json.loads((vc_model / "all_results.json").read_text())
-    assert results["num_examples"] == 32 * 12  # the per-class limit applies to the test split too
-    assert results["accuracy"] > 1 / 12 + 0.05, results["accuracy"]  # a 32-wide model learns something in 60 steps
+    assert results["num_examples"] == 64 * 12  # the per-class limit applies to the test split too
+    # a 32-wide model learns something in 200 augmented steps (0.19 in two seeds)
+    assert results["accuracy"] > 1 / 12 + 0.05, results["accuracy"]
     assert {"macro_f1", "per_class", "confusion_matrix", "command_recall_at_threshold"} <= set(results)
     assert results["false_accept_stream_seconds"] == pytest.approx(STREAM_SECONDS)
     assert results["false_accepts_per_hour"] == pytest.approx(results["false_accepts"] * 3600 / STREAM_SECONDS)
     extras = json.loads((vc_model / "fmhub.json").read_text())
     assert 0.5 <= extras["detection_threshold"] < 1.0
     assert extras["scenario"] == "voice-command" and extras["label_names"] == corpus.LABELS
+    assert {"command_accuracy", "non_command_accept_rate"} <= set(results)
+
+
+def test_training_records_the_voice_families_it_heard(vc_model, tmp_path, capsys):
+    import yaml
+
+    saved = yaml.safe_load((vc_model / "train_config.yaml").read_text())
+    assert saved["voice_families"] == ",".join(voice_corpus.installed_families())
+    assert main(["train", "--scenario", "voice-command", "--voice-families", "klingon", "--max-steps", "1",
+                 "--output-dir", str(tmp_path / "never")]) == 2
+    assert "unknown voice family klingon" in capsys.readouterr().err
 
 
 def test_saved_folder_loads_with_plain_transformers_pipeline(vc_model, test_clips):
@@ -140,9 +153,12 @@ def test_evaluate_cli_matches_training_and_reports_false_accepts(vc_model, tmp_p
     printed = json.loads(capsys.readouterr().out)
     assert {"accuracy", "macro_f1", "false_accepts_per_hour", "false_accept_stream_seconds"} <= set(printed)
     trained = json.loads((vc_model / "all_results.json").read_text())
-    # no --max-samples-per-class here: the whole embedded test split (36 held-out voices x 4 clips per class)
+    # no --max-samples-per-class here: the whole embedded test split (36 held-out espeak-ng voices x 2 clips per
+    # class, and a sixth of every other installed family's renditions)
     written = json.loads((tmp_path / "all_results.json").read_text())
-    assert written["num_examples"] == 2 * 18 * CORPUS_CLIPS_PER_VOICE * 12
+    others = [len(voice_corpus.load_family(f, corpus_dir())["test"][1]) for f in voice_corpus.installed_families()[1:]]
+    assert all(n > 0 for n in others)
+    assert written["num_examples"] == 2 * 18 * CORPUS_CLIPS_PER_VOICE * 12 + sum(others)
     assert printed["false_accepts_per_hour"] == pytest.approx(trained["false_accepts_per_hour"])
 
 
@@ -186,10 +202,12 @@ def test_rates_channels_and_formats_give_the_same_prediction(predictor, test_cli
     else:
         path = _file(tmp_path, "a.wav", resampled, rate, subtype="PCM_16")
     result = predictor.predict_one(str(path))
+    if variant == "8k":  # 8 kHz holds nothing above 4 kHz: the reference is the same band-limited clip in memory
+        reference = predictor.predict_one((16000, audio.resample(resampled, rate, 16000)))
     if variant == "stereo48k":  # the down-mix is 0.75 x the clip: a level change the model must shrug off
         tolerance = 0.1
     else:
-        tolerance = {"8k": 0.1, "mp3": 0.1, "ogg": 0.1}.get(variant, 0.03)
+        tolerance = {"8k": 0.05, "mp3": 0.1, "ogg": 0.1}.get(variant, 0.03)
     diff = max(abs(result["scores"][k] - reference["scores"][k]) for k in reference["scores"])
     assert diff < tolerance, (variant, diff, result["label"], reference["label"])
     # the same bytes over the API path (bytes) and as Gradio's (rate, int16 samples)

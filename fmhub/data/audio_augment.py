@@ -485,6 +485,21 @@ def fit_to_length(wave: np.ndarray, n: int = 16000, rng: np.random.Generator | N
 # ---------------------------------------------------------------------------
 
 
+def random_noise(n: int, rng: np.random.Generator, sample_rate: int = 16000, *,
+                 noise_bank: Sequence[np.ndarray] | None = None,
+                 speech_bank: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """``n`` samples of unit-RMS noise: half the time a stretch of a ``noise_bank`` clip (when given), else white,
+    pink, brown, hum or babble (made from ``speech_bank``)."""
+    if noise_bank is not None and len(noise_bank) > 0 and rng.random() < 0.5:
+        src = np.asarray(noise_bank[int(rng.integers(len(noise_bank)))], dtype=np.float32)
+        if len(src) > n:
+            o = int(rng.integers(0, len(src) - n + 1))
+            src = src[o : o + n]
+        return _unit_rms(_match_length(src, n))
+    kinds = ["white", "pink", "brown", "hum", "babble"]
+    return make_noise(kinds[int(rng.integers(len(kinds)))], n, rng, sample_rate, speech=speech_bank)
+
+
 def augment(
     wave: np.ndarray,
     rng: np.random.Generator,
@@ -547,16 +562,8 @@ def augment(
         x = band_limit(x, kind, sample_rate, rng=rng)
     # 5) additive noise
     if p(0.6):
-        if noise_bank is not None and len(noise_bank) > 0 and rng.random() < 0.5:
-            src = np.asarray(noise_bank[int(rng.integers(len(noise_bank)))], dtype=np.float32)
-            if len(src) > n:
-                o = int(rng.integers(0, len(src) - n + 1))
-                src = src[o : o + n]
-            noise = _unit_rms(src)
-        else:
-            kinds = ["white", "pink", "brown", "hum", "babble"]
-            noise = make_noise(kinds[int(rng.integers(len(kinds)))], n, rng, sample_rate, speech=speech_bank)
         lo_snr = max(-5.0, 20.0 - 10.0 * s)  # s=1 -> 10..30 dB, s=2 -> 0..30 dB
+        noise = random_noise(n, rng, sample_rate, noise_bank=noise_bank, speech_bank=speech_bank)
         x = add_noise(x, noise, rng.uniform(lo_snr, 30.0), sample_rate)
     # 6) gain
     if p(0.7):

