@@ -305,7 +305,7 @@ def classify_audio(client: Client, path: Path) -> dict:
 
 
 @pytest.mark.parametrize("variant, tolerance", [
-    ("16k-int16-mono", 0.0), ("16k-float32-mono", 0.01), ("8k-int16-mono", 0.1), ("44k1-int16-stereo", 0.03),
+    ("16k-int16-mono", 0.0), ("16k-float32-mono", 0.01), ("8k-int16-mono", 0.05), ("44k1-int16-stereo", 0.03),
     ("48k-float32-stereo", 0.03), ("48k-int16-stereo-uneven", 0.1), ("16k-flac-mono", 0.01),
 ])
 def test_item9_rates_channels_and_sample_formats(media_client, stop_clip, tmp_path, variant, tolerance):
@@ -316,9 +316,11 @@ def test_item9_rates_channels_and_sample_formats(media_client, stop_clip, tmp_pa
 
     from fmhub import audio
 
-    reference = classify_audio(media_client, audio.write_wav(tmp_path / "reference.wav", stop_clip))
     rate = int(variant.split("-")[0].replace("k1", "100").replace("k", "000"))
     wave = audio.resample(stop_clip, 16000, rate)
+    # 8 kHz holds nothing above 4 kHz: its reference is the same band-limited clip as a 16 kHz file
+    same_content = audio.resample(wave, rate, 16000) if rate < 16000 else stop_clip
+    reference = classify_audio(media_client, audio.write_wav(tmp_path / "reference.wav", same_content))
     if "stereo" in variant:
         wave = np.stack([wave, wave * (0.5 if "uneven" in variant else 1.0)], axis=1)
     path = tmp_path / f"{variant}.{'flac' if 'flac' in variant else 'wav'}"

