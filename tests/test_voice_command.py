@@ -17,7 +17,7 @@ from fmhub import audio
 from fmhub.cli import main
 from fmhub.data import speech_corpus as corpus
 from fmhub.data import voice_corpus
-from fmhub.data.audio_data import CORPUS_CLIPS_PER_VOICE, corpus_dir, embedded_corpus_path
+from fmhub.data.audio_data import corpus_dir, embedded_corpus_path
 from fmhub.errors import FmhubError
 from fmhub.keyword_spotting import find_detections
 from fmhub.registry import get_scenario
@@ -158,7 +158,7 @@ def test_evaluate_cli_matches_training_and_reports_false_accepts(vc_model, tmp_p
     written = json.loads((tmp_path / "all_results.json").read_text())
     others = [len(voice_corpus.load_family(f, corpus_dir())["test"][1]) for f in voice_corpus.installed_families()[1:]]
     assert all(n > 0 for n in others)
-    assert written["num_examples"] == 2 * 18 * CORPUS_CLIPS_PER_VOICE * 12 + sum(others)
+    assert written["num_examples"] == 2 * 18 * voice_corpus.ESPEAK_CLIPS_PER_VOICE * 12 + sum(others)
     assert printed["false_accepts_per_hour"] == pytest.approx(trained["false_accepts_per_hour"])
 
 

@@ -10,8 +10,8 @@ import torch
 
 from fmhub import audio
 from fmhub.data import speech_corpus as corpus
+from fmhub.data import voice_corpus
 from fmhub.data.splits import load_hub_dataset
-from fmhub.data.voice_corpus import ESPEAK_CLIPS_PER_VOICE as CORPUS_CLIPS_PER_VOICE
 from fmhub.errors import FmhubError
 from fmhub.hubids import looks_like_repo_id
 
@@ -47,8 +47,8 @@ def corpus_dir() -> Path:
 
 
 def embedded_corpus_path() -> Path:
-    """The embedded corpus's .npz, generated on first use (about 20 s) and cached."""
-    return corpus.build_corpus(corpus_dir(), seed=0, clips_per_word_per_voice=CORPUS_CLIPS_PER_VOICE)  # espeak-ng
+    """The espeak-ng part of the embedded corpus (held-out test voices for examples and tests), cached."""
+    return voice_corpus.espeak_corpus_path(corpus_dir())
 
 
 def label_set(data_labels: list[str]) -> list[str]:
@@ -208,9 +208,11 @@ def feature_augment_params(rng: np.random.Generator) -> np.ndarray:
                      rng.uniform(0.05, 0.3), rng.uniform(-BUMP_DB, BUMP_DB), *masks], dtype=np.float32)
 
 
-def augment_features(features: torch.Tensor, params: np.ndarray, db_per_unit: float = 40.0) -> torch.Tensor:
-    """Apply `feature_augment_params` draws to log-mel features [mels, frames]. Whisper's and AST's scaled logs both
-    move by about a unit for 40 dB."""
+DB_PER_FEATURE_UNIT = 40.0  # Whisper's and AST's scaled log-mels both move by about a unit for 40 dB
+
+
+def augment_features(features: torch.Tensor, params: np.ndarray) -> torch.Tensor:
+    """Apply `feature_augment_params` draws to log-mel features [mels, frames]."""
     mels, frames = features.shape
     warp, tilt, centre, width, gain = (float(x) for x in params[:5])
     axis = torch.linspace(0, 1, mels)
@@ -220,7 +222,7 @@ def augment_features(features: torch.Tensor, params: np.ndarray, db_per_unit: fl
     frac = (source - low).unsqueeze(1)
     out = features[low] * (1 - frac) + features[high] * frac
     curve = tilt * (axis - 0.5) + gain * torch.exp(-0.5 * ((axis - centre) / width) ** 2)
-    out = out + (curve / db_per_unit).unsqueeze(1)
+    out = out + (curve / DB_PER_FEATURE_UNIT).unsqueeze(1)
     fill = out.mean()
     rest = params[5:]
     for k in range(FREQ_MASKS):

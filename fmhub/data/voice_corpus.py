@@ -30,7 +30,7 @@ from fmhub.errors import FmhubError
 ESPEAK = "espeak-ng"
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
 VERSION = "1"
-FAMILY_RENDITIONS = 36  # per command word and family: 24 train, 6 validation, 6 test
+FAMILY_RENDITIONS = 36  # per command word and family: 24/6/6 train/validation/test (MBROLA's 4 voices: 28/4/4)
 FAMILY_UNKNOWN = 144  # other words per family, cycling through speech_corpus.UNKNOWN_WORDS
 TEMPO_RANGE = (0.75, 1.35)
 PITCH_SEMITONES = 3.0
@@ -104,9 +104,10 @@ def _render(family: str, spec: dict) -> np.ndarray:
             wave = voice_families.synthesize(family, spec["text"], voice, tempo=spec["tempo"], pitch=spec["pitch"],
                                              variant=spec["rendition"])
             break
-        except FmhubError:
-            if voice == voices[start - 1]:
-                raise
+        except FmhubError as err:
+            failure = err
+    else:
+        raise failure
     if spec["warp"] != 1.0:
         wave = aug.change_speed(wave, spec["warp"], corpus.SAMPLE_RATE)
     limit = int(corpus.MAX_WORD_S * corpus.SAMPLE_RATE)
@@ -156,12 +157,16 @@ def family_path(family: str, cache_dir: Path, seed: int = 0, progress: bool = Tr
     return path
 
 
+def espeak_corpus_path(cache_dir: Path, seed: int = 0) -> Path:
+    """espeak-ng's part of the corpus (`speech_corpus.build_corpus`, generated on first use and cached)."""
+    return corpus.build_corpus(cache_dir, seed=seed, clips_per_word_per_voice=ESPEAK_CLIPS_PER_VOICE)
+
+
 def load_family(family: str, cache_dir: Path, seed: int = 0) -> dict[str, tuple[np.ndarray, list[str], list[str]]]:
     """{split: (int16 clips, labels, voice names "family:voice")} of one family, espeak-ng included."""
     if family == ESPEAK:
         out = {}
-        with np.load(corpus.build_corpus(cache_dir, seed=seed, clips_per_word_per_voice=ESPEAK_CLIPS_PER_VOICE),
-                     allow_pickle=False) as z:
+        with np.load(espeak_corpus_path(cache_dir, seed), allow_pickle=False) as z:
             for split in corpus.SPLITS:
                 out[split] = (z[f"{split}_audio"], z[f"{split}_labels"].tolist(),
                               [f"{ESPEAK}:{v}" if v else "" for v in z[f"{split}_voices"].tolist()])
@@ -171,7 +176,6 @@ def load_family(family: str, cache_dir: Path, seed: int = 0) -> dict[str, tuple[
         labels, voices = z["labels"], z["voices"]
         return {s: (audio[splits == s], labels[splits == s].tolist(),
                     [f"{family}:{v}" for v in voices[splits == s]]) for s in corpus.SPLITS}
-
 
 
 def load_embedded(families: list[str], cache_dir: Path, seed: int = 0, train_repeat: int | None = None

@@ -35,14 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fmhub.audio import resample
+from fmhub.audio import SAMPLE_RATE, resample
 from fmhub.data.audio_augment import trim_silence
 from fmhub.errors import FmhubError
 
 __all__ = ["FAMILIES", "available", "engine_version", "missing_hint", "synthesize", "voices"]
 
 FAMILIES: tuple[str, ...] = ("piper", "mbrola", "pico")
-SAMPLE_RATE = 16000
 _TIMEOUT_S = 30.0
 
 _HINTS = {
@@ -88,12 +87,17 @@ def missing_hint(family: str) -> str:
 
 def voices(family: str) -> list[str]:
     """The voice names `synthesize` takes for `family` (for mbrola: only those whose data is installed)."""
+    return list(_voices(family))
+
+
+@functools.cache
+def _voices(family: str) -> tuple[str, ...]:  # looked up once per process: synthesize asks for every clip
     _check_family(family)
     if family == "piper":
-        return ["joe"]
+        return ("joe",)
     if family == "mbrola":
-        return [name for name, folder in _MBROLA_VOICES.items() if (_MBROLA_DATA / folder / folder).is_file()]
-    return list(_PICO_VOICES)
+        return tuple(name for name, folder in _MBROLA_VOICES.items() if (_MBROLA_DATA / folder / folder).is_file())
+    return _PICO_VOICES
 
 
 def synthesize(family: str, word: str, voice: str, *, tempo: float = 1.0, pitch: float = 0.0,
@@ -105,7 +109,7 @@ def synthesize(family: str, word: str, voice: str, *, tempo: float = 1.0, pitch:
     """
     if not available(family):
         raise FmhubError(missing_hint(family))
-    if voice not in voices(family):
+    if voice not in _voices(family):
         raise FmhubError(f"unknown {family} voice {voice!r}; choose from {', '.join(voices(family))}")
     word = " ".join(str(word).split())
     if not word or not all(ch.isalpha() or ch in "'- " for ch in word):
@@ -255,8 +259,10 @@ def _run_to_wav(command: list[str], stdin: str | None = None) -> tuple[np.ndarra
     return wave.mean(axis=1), int(rate), done.stderr
 
 
+@functools.cache
 def engine_version(family: str) -> str:
-    """The installed engine's and voices' versions: part of the corpus cache key (new voices, new clips)."""
+    """The installed engine's and voices' versions: part of the corpus cache key (new voices, new clips); asked
+    once per process (dpkg-query for the Debian families)."""
     _check_family(family)
     if family == "piper":
         from importlib.metadata import PackageNotFoundError, version
