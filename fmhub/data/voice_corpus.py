@@ -3,12 +3,15 @@ voices, held out by voice) plus every other family installed here (`fmhub.data.v
 voice, MBROLA's diphone voices recorded from real speakers, SVOX Pico).
 
 A model that has heard only espeak-ng's formant voice learns that voice, not the words: the families are what teach
-it the words. Each extra family speaks the ten commands `FAMILY_RENDITIONS` times per word and `FAMILY_UNKNOWN`
-other words, spread over its voices, at random tempo (0.75-1.35x), pitch (+-3 semitones) and, for half the clips, a
-vocal-tract warp (resampling by 0.88-1.14, which moves formants and pitch together like another speaker). Renditions
-go round the voices, and each round to the next of train, train, train, train, validation, test: 4:1:1 for one or
-two voices, 28:4:4 commands for MBROLA's four. A family's clips are generated once, with a progress bar, and cached
-under the corpus folder in a file named by a hash of everything that shapes them.
+it the words. Each extra family speaks the ten commands `renditions(voices)` times per word (36, or 3 per voice for
+a family of many voices) and four times as many other words, spread over its voices, at random tempo (0.75-1.35x),
+pitch (+-3 semitones) and, for half the clips, a vocal-tract warp (resampling by 0.88-1.14, which moves formants and
+pitch together like another speaker). Renditions go round the voices. A family of a few voices (Piper, Pico) sends
+each round to the next of train, train, train, train, validation, test (4:1:1, every voice in every split); a family
+of `VOICE_SPLIT_MIN` voices or more (MBROLA's 20, GnuSpeech's 16) is split by voice in the same 4:1:1 pattern, so
+its validation and test speakers are never heard in training, as for espeak-ng. A family's clips are generated
+once, with a progress bar, and cached under the corpus folder in a file named by a hash of everything that shapes
+them.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from fmhub.errors import FmhubError
 
 ESPEAK = "espeak-ng"
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
-VERSION = "1"
-FAMILY_RENDITIONS = 36  # per command word and family: 24/6/6 train/validation/test (MBROLA's 4 voices: 28/4/4)
-FAMILY_UNKNOWN = 144  # other words per family, cycling through speech_corpus.UNKNOWN_WORDS
+VERSION = "2"
+FAMILY_RENDITIONS = 36  # per command word and family of a few voices: 24/6/6 train/validation/test
+RENDITIONS_PER_VOICE = 3  # ... at least this many per voice for a family of many voices
+UNKNOWN_PER_RENDITION = 4  # other words per command rendition, cycling through speech_corpus.UNKNOWN_WORDS
+VOICE_SPLIT_MIN = 6  # a family of this many voices or more is split by voice, not by rendition
 TEMPO_RANGE = (0.75, 1.35)
 PITCH_SEMITONES = 3.0
 WARP_RANGE = (0.88, 1.14)
@@ -72,22 +77,35 @@ def parse_families(value: str | None) -> list[str]:
     return chosen
 
 
+def renditions(n_voices: int) -> int:
+    """Command renditions per word for a family of `n_voices` voices."""
+    return max(FAMILY_RENDITIONS, RENDITIONS_PER_VOICE * n_voices)
+
+
+def voice_split(index: int, rendition: int, n_voices: int) -> str:
+    """The split of `rendition` by the voice at `index`: by voice for many voices, else by round of the voices."""
+    if n_voices >= VOICE_SPLIT_MIN:
+        return SPLIT_OF_RENDITION[index % len(SPLIT_OF_RENDITION)]
+    return SPLIT_OF_RENDITION[rendition // n_voices % len(SPLIT_OF_RENDITION)]
+
+
 def _plan(family: str, seed: int) -> list[dict]:
     voices = voice_families.voices(family)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7, *family.encode()]))
+    count = renditions(len(voices))
     plan = []
     for word in corpus.COMMANDS:
-        for r in range(FAMILY_RENDITIONS):
+        for r in range(count):
             plan.append({"label": word, "text": word, "rendition": r})
     cycle = []
-    while len(cycle) < FAMILY_UNKNOWN:
+    while len(cycle) < UNKNOWN_PER_RENDITION * count:
         cycle.extend(rng.permutation(len(corpus.UNKNOWN_WORDS)).tolist())
-    for r in range(FAMILY_UNKNOWN):
+    for r in range(UNKNOWN_PER_RENDITION * count):
         plan.append({"label": UNKNOWN, "text": corpus.UNKNOWN_WORDS[cycle[r]], "rendition": r})
-    for spec in plan:  # each voice in turn, each split in turn: every voice is in every split
+    for spec in plan:  # each voice in turn
         r = spec["rendition"]
         spec["voice"] = voices[r % len(voices)]
-        spec["split"] = SPLIT_OF_RENDITION[r // len(voices) % len(SPLIT_OF_RENDITION)]
+        spec["split"] = voice_split(r % len(voices), r, len(voices))
         spec["tempo"] = float(rng.uniform(*TEMPO_RANGE))
         spec["pitch"] = float(rng.uniform(-PITCH_SEMITONES, PITCH_SEMITONES))
         spec["warp"] = float(rng.uniform(*WARP_RANGE)) if rng.random() < 0.5 else 1.0
@@ -99,7 +117,10 @@ def _plan(family: str, seed: int) -> list[dict]:
 def _render(family: str, spec: dict) -> np.ndarray:
     voices = voice_families.voices(family)
     start = voices.index(spec["voice"])
-    for voice in voices[start:] + voices[:start]:  # a diphone voice lacking a sound of the word: the next voice
+    # a diphone voice lacking a sound of the word: the next voice of the same split (its speakers stay held out)
+    order = [v for v in voices[start:] + voices[:start]
+             if len(voices) < VOICE_SPLIT_MIN or voice_split(voices.index(v), 0, len(voices)) == spec["split"]]
+    for voice in order:
         try:
             wave = voice_families.synthesize(family, spec["text"], voice, tempo=spec["tempo"], pitch=spec["pitch"],
                                              variant=spec["rendition"])
@@ -122,8 +143,9 @@ def family_path(family: str, cache_dir: Path, seed: int = 0, progress: bool = Tr
     if not voice_families.available(family):
         raise FmhubError(f"voice family {family} is not installed: {voice_families.missing_hint(family)}")
     params = {"version": VERSION, "family": family, "seed": seed, "voices": voice_families.voices(family),
-              "engine": voice_families.engine_version(family), "renditions": FAMILY_RENDITIONS,
-              "unknown": FAMILY_UNKNOWN, "words": corpus.UNKNOWN_WORDS, "tempo": TEMPO_RANGE,
+              "engine": voice_families.engine_version(family),
+              "renditions": renditions(len(voice_families.voices(family))), "unknown": UNKNOWN_PER_RENDITION,
+              "voice_split_min": VOICE_SPLIT_MIN, "words": corpus.UNKNOWN_WORDS, "tempo": TEMPO_RANGE,
               "pitch": PITCH_SEMITONES, "warp": WARP_RANGE, "peak_db": corpus.PEAK_DBFS_RANGE}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"family_{family}_v{VERSION}_{key}.npz"

