@@ -1,8 +1,9 @@
 """Audio in: decode any WAV/FLAC/OGG/MP3 (libsndfile through soundfile), down-mix, resample to 16 kHz with soxr,
-cap the duration, cut long clips into overlapping 1 s windows, and compute log-mel features fast.
+cap the duration and the decoded size, cut long clips into overlapping 1 s windows, and compute log-mel features fast.
 
 Everything a user can send goes through `load_audio`, which turns bad input into one clear `FmhubError`:
-an empty file, a header followed by garbage, an unsupported format, a clip longer than the cap.
+an empty file, a header followed by garbage, an unsupported format, a clip longer than the cap, a file whose
+rate x channels x duration is over the decoding budget (checked from the header, before any sample is decoded).
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ SAMPLE_RATE = 16000
 MAX_SECONDS = 60.0  # longer input is refused before it is decoded (the server's time budget per request)
 MIN_RATE, MAX_RATE = 1000, 384000
 FORMATS = "WAV, FLAC, OGG/Vorbis or MP3"
+# Decoded-data budget per file: rate x channels x seconds, checked from the header before decoding. Seconds alone
+# were no bound: a 200 KB FLAC saying 60 s x 8 channels x 384 kHz is 184 M samples (737 MB as float32). 64 M
+# samples (256 MB as float32, never held at once: see BLOCK_FRAMES) still takes 60 s of 8 channels at 96 kHz, or a
+# 10-minute 48 kHz stereo clip of a dataset, while the 4-10 s of CPU a hostile file cost are refused in milliseconds.
+MAX_DECODED_SAMPLES = 64_000_000
+BLOCK_FRAMES = 65536  # files are decoded this many frames at a time and down-mixed per block: the peak stays mono
 
 
 def load_audio(source, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = MAX_SECONDS) -> np.ndarray:
@@ -70,22 +77,58 @@ def _decode(fh, size: int, name: str, max_seconds: float | None) -> tuple[np.nda
     if size == 0:
         raise FmhubError(f"{name} is empty (0 bytes)")
     try:
-        info = sf.info(fh)
-        fh.seek(0)
-        rate = _check_rate(info.samplerate)
-        # the header's length is checked before decoding: a 10-minute upload is refused in milliseconds
-        if max_seconds is not None and info.frames > 0 and info.frames / rate > max_seconds + 0.5:
-            raise FmhubError(_too_long(info.frames / rate, max_seconds))
-        frames = -1
-        if max_seconds is not None:  # headers can lie (streamed WAVs say 0 or 2^32 frames): never read past the cap
-            frames = int((max_seconds + 1.0) * rate)
-        data, rate = sf.read(fh, frames=frames, dtype="float32", always_2d=True)
+        with sf.SoundFile(fh) as f:
+            rate, channels, frames = _check_rate(f.samplerate), f.channels, f.frames
+            # the header's length and size are checked before decoding: a 10-minute upload, or 60 s of 8 channels
+            # at 384 kHz, is refused in milliseconds
+            if max_seconds is not None and frames > 0 and frames / rate > max_seconds + 0.5:
+                raise FmhubError(_too_long(frames / rate, max_seconds))
+            _check_budget(frames, channels, rate)
+            # headers can lie (streamed WAVs say 0 or 2^32 frames): never read past the caps
+            limit = MAX_DECODED_SAMPLES // channels + 1
+            if max_seconds is not None:
+                limit = min(limit, int((max_seconds + 1.0) * rate))
+            wave = _read_mono(f, limit, expected=frames)
     except FmhubError:
         raise
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError, EOFError):
         # the decoder's own message names the server-side upload path: it stays out of what users see
         raise FmhubError(f"could not decode {name}: not a readable {FORMATS} file, or the file is damaged") from None
-    return _checked(to_mono_float(data), rate, max_seconds)
+    _check_budget(len(wave), channels, rate)
+    return _checked(wave, rate, max_seconds)
+
+
+def _read_mono(f, limit: int, expected: int) -> np.ndarray:
+    """Up to `limit` frames of an open SoundFile as float32 mono in [-1, 1], read and down-mixed BLOCK_FRAMES at a
+    time, so that no [frames, channels] array is ever held; the values are `to_mono_float`'s on the whole file."""
+    block = np.empty((max(1, min(BLOCK_FRAMES, limit)), f.channels), np.float32)
+    out = np.empty(min(expected, limit) if expected > 0 else 0, np.float32)  # the header's length: usually exact
+    parts, total = [], 0  # what comes past the header's length, if anything
+    while total < limit:
+        data = f.read(always_2d=True, out=block[:limit - total])
+        if len(data) == 0:
+            break
+        mono = data[:, 0] if f.channels == 1 else data.mean(axis=1, dtype=np.float64)
+        mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
+        if not parts and total + len(mono) <= len(out):
+            out[total:total + len(mono)] = mono
+        else:
+            parts.append(mono.astype(np.float32))
+        total += len(mono)
+    wave = np.concatenate([out[:total - sum(map(len, parts))], *parts]) if parts else out[:total]
+    peak = max(float(wave.max()), -float(wave.min())) if wave.size else 0.0
+    if peak > 1.0:  # unnormalised float audio: brought back into range, as `to_mono_float` does, a block at a time
+        for i in range(0, len(wave), BLOCK_FRAMES):
+            wave[i:i + BLOCK_FRAMES] = wave[i:i + BLOCK_FRAMES] / np.float64(peak)
+    return wave
+
+
+def _check_budget(frames: int, channels: int, rate: int) -> None:
+    if frames * channels > MAX_DECODED_SAMPLES:
+        raise FmhubError(
+            f"the audio is {frames / rate:.1f} s of {channels} channel(s) at {rate} Hz: {frames * channels / 1e6:.0f} "
+            f"million samples to decode; the limit is {MAX_DECODED_SAMPLES / 1e6:.0f} million. "
+            "Send it as mono or at a lower sample rate (16 kHz is enough) and try again.")
 
 
 def _too_long(seconds: float, max_seconds: float) -> str:
