@@ -7,7 +7,10 @@ settings that fix the data order), the loop state (epoch, position inside the ep
 counter, history) and the SHA-256 of every file.
 
 It is written to `.tmp-checkpoint-<step>/` and renamed when complete; old checkpoints are renamed away before they are
-deleted. So a crash at any moment leaves only folders that are complete or that `latest()` ignores.
+deleted. So a crash at any moment leaves only folders that are complete or that `latest()` ignores. The same step saved
+again (`--save-total-limit 1` keeps nothing else) is never a window without a loadable checkpoint: the old folder is
+first renamed, whole, to `.prev-checkpoint-<step>/`, which `latest()` takes while `checkpoint-<step>/` is missing, and
+deleted only once the new one is in place; the next run renames it back if it was left alone.
 
 Accelerate's `load_state` unpickles the optimizer, scheduler and RNG files (with torch's `weights_only` loader), so a
 checkpoint is only loaded when its manifest matches the run and every file matches its hash: nothing from a partial,
@@ -23,19 +26,23 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import load as load_pickled  # torch.load(weights_only=True) + Accelerate's allow-list
 from safetensors.torch import load_file, save_file
 
 from fmhub.errors import FmhubError, TrainingDiverged
+from fmhub.model_folder import write_errors
 
 MANIFEST = "fmhub_checkpoint.json"
 BEST = "best_model.safetensors"
 FORMAT = 2
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+_PREV_NAME = re.compile(r"^\.prev-checkpoint-(\d+)$")
 _TMP_PREFIX = ".tmp-checkpoint-"
 _TRASH_PREFIX = ".old-checkpoint-"
+_PREV_PREFIX = ".prev-checkpoint-"
 
 
 def _sha256(path: Path) -> str:
@@ -49,6 +56,52 @@ def _sha256(path: Path) -> str:
 def _file_hashes(folder: Path) -> dict[str, str]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
     return {str(p.relative_to(folder)): _sha256(p) for p in files}
+
+
+# -- what a checkpoint must share with the run that resumes it --------------------------------------------------------
+def data_fingerprint(data, label_names: list[str]) -> str:
+    """A cheap digest of the run's data: the label list, every split's size and labels, every text column in full and
+    an evenly spaced sample of the other columns (images, audio), so other data of the same size is told apart."""
+    digest = hashlib.sha256(json.dumps(list(label_names)).encode())
+    for name in sorted(data):
+        split = data[name]
+        digest.update(f"|{name}:{len(split)}|".encode())
+        if not len(split):
+            continue
+        features = split.features
+        texts = [c for c, f in features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+        others = [c for c in features if c not in texts and c != "label"]
+        if "label" in features:
+            digest.update(np.asarray(split["label"], dtype=np.int64).tobytes())
+        for column in texts:
+            for text in split[column]:
+                digest.update(f"{len(text or '')}:{text}".encode("utf-8", "surrogatepass"))
+        if others:
+            rows = sorted({round(i * (len(split) - 1) / 31) for i in range(32)})
+            for row in split.select(rows).select_columns(others).with_format("numpy"):
+                for column in others:
+                    _feed(digest, row[column])
+    return digest.hexdigest()[:16]
+
+
+def _feed(digest, value) -> None:
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        digest.update(f"{value.dtype}{value.shape}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, dict):
+        for key in sorted(value):
+            digest.update(str(key).encode())
+            _feed(digest, value[key])
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        digest.update(f"[{len(value)}".encode())
+        for item in value:
+            _feed(digest, item)
+    elif isinstance(value, bytes):
+        digest.update(value)
+    elif hasattr(value, "tobytes"):  # a PIL image
+        digest.update(value.tobytes())
+    else:
+        digest.update(repr(value).encode("utf-8", "surrogatepass"))
 
 
 # -- saving -----------------------------------------------------------------------------------------------------------
@@ -69,27 +122,48 @@ def save(
     step = state["global_step"]
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f"{_TMP_PREFIX}{step}"
-    if accelerator.is_main_process:
-        remove_leftovers(output_dir)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if best_file is not None and best_file.is_file():
-            _link_or_copy(best_file, tmp / BEST)
-        manifest = {"format": FORMAT, "identity": identity, "state": state, "files": _file_hashes(tmp)}
-        _fsync_files(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, default=float))
-        _fsync_files(tmp, only=MANIFEST)
-        if final.exists():  # the same step saved again (e.g. after skipped batches): replace it
-            _discard(final)
-        os.replace(tmp, final)
-        _fsync_dir(output_dir)
-        for old in complete_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-            _discard(old)
+    with write_errors(f"checkpoint {final}"):
+        if accelerator.is_main_process:
+            remove_leftovers(output_dir)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if best_file is not None and best_file.is_file():
+                _link_or_copy(best_file, tmp / BEST)
+            manifest = {"format": FORMAT, "identity": identity, "state": state, "files": _file_hashes(tmp)}
+            _fsync_files(tmp)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, default=float))
+            _fsync_files(tmp, only=MANIFEST)
+            _put_in_place(tmp, final)
+            for old in complete_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+                _discard(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _put_in_place(new: Path, final: Path) -> None:
+    """Rename the complete folder `new` to `final`; a complete checkpoint of this step is on disk at every moment.
+
+    A folder cannot be renamed over a non-empty one, so an existing `final` (the same step saved again, e.g. after
+    skipped batches) is first set aside whole as `.prev-checkpoint-<step>`, which `latest()` takes while `final` is
+    missing, and deleted only after `new` is in place.
+    """
+    previous = _set_aside(final) if final.exists() else None
+    os.replace(new, final)
+    _fsync_dir(final.parent)
+    if previous is not None:
+        _discard(previous)
+
+
+def _set_aside(final: Path) -> Path:
+    previous = final.with_name(_PREV_PREFIX + final.name.removeprefix("checkpoint-"))
+    if previous.exists():
+        _discard(previous)
+    os.replace(final, previous)
+    _fsync_dir(final.parent)
+    return previous
 
 
 def check_finite(weights: dict[str, torch.Tensor], what: str) -> None:
@@ -101,15 +175,37 @@ def check_finite(weights: dict[str, torch.Tensor], what: str) -> None:
 
 
 def remove_leftovers(output_dir: Path) -> None:
-    """Delete what a crash can leave behind: unfinished `.tmp-checkpoint-*` and half-deleted `.old-checkpoint-*`."""
-    for path in Path(output_dir).glob(".*-checkpoint-*"):
+    """Tidy what a crash can leave behind: unfinished `.tmp-checkpoint-*` and half-deleted `.old-checkpoint-*` are
+    deleted; a `.prev-checkpoint-<step>` set aside for a re-save of its step gets its name back when the new one never
+    arrived, and is deleted when it did."""
+    for path in sorted(Path(output_dir).glob(".*-checkpoint-*")):
         if path.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
             shutil.rmtree(path, ignore_errors=True)
+    for path in sorted(Path(output_dir).glob(_PREV_PREFIX + "*")):
+        final = path.with_name("checkpoint-" + path.name.removeprefix(_PREV_PREFIX))
+        if (final / MANIFEST).is_file() or not (path / MANIFEST).is_file():
+            _discard(path)
+        else:
+            if final.exists():
+                _discard(final)
+            os.replace(path, final)
+            _fsync_dir(final.parent)
+
+
+def remove_run(output_dir: Path) -> None:
+    """`--overwrite` in a folder holding a run: its checkpoints (complete or not) and best weights go first."""
+    for path in sorted(Path(output_dir).iterdir()):
+        if _NAME.match(path.name) and path.is_dir():
+            _discard(path)  # renamed first: an interrupted delete never looks like a checkpoint
+        elif path.name.startswith((_TMP_PREFIX, _TRASH_PREFIX, _PREV_PREFIX)):
+            shutil.rmtree(path, ignore_errors=True)
+    (Path(output_dir) / BEST).unlink(missing_ok=True)
 
 
 def _discard(folder: Path) -> None:
     """Rename first, then delete: an interrupted delete never leaves a half-empty folder that looks complete."""
-    trash = folder.with_name(_TRASH_PREFIX + folder.name.removeprefix("checkpoint-"))
+    step = folder.name.removeprefix(_PREV_PREFIX).removeprefix("checkpoint-")
+    trash = folder.with_name(_TRASH_PREFIX + step)
     shutil.rmtree(trash, ignore_errors=True)
     os.replace(folder, trash)
     shutil.rmtree(trash, ignore_errors=True)
@@ -144,15 +240,17 @@ def _fsync_dir(folder: Path) -> None:
 
 # -- finding and loading ----------------------------------------------------------------------------------------------
 def complete_checkpoints(output_dir: Path | None) -> list[Path]:
-    """Checkpoint folders with a manifest, oldest first. Temporary or partial folders are ignored."""
+    """Checkpoint folders with a manifest, oldest first, one per step. Temporary or partial folders are ignored; a
+    `.prev-checkpoint-<step>` (set aside, whole, while its step was saved again) stands in for a missing
+    `checkpoint-<step>`."""
     if output_dir is None or not Path(output_dir).is_dir():
         return []
-    found = []
-    for path in Path(output_dir).iterdir():
-        match = _NAME.match(path.name)
+    found: dict[int, Path] = {}
+    for path in sorted(Path(output_dir).iterdir(), key=lambda p: p.name.startswith(".")):  # checkpoint-N first
+        match = _NAME.match(path.name) or _PREV_NAME.match(path.name)
         if match and path.is_dir() and (path / MANIFEST).is_file():
-            found.append((int(match.group(1)), path))
-    return [p for _, p in sorted(found)]
+            found.setdefault(int(match.group(1)), path)
+    return [found[step] for step in sorted(found)]
 
 
 def latest(output_dir: Path | None) -> Path | None:
@@ -177,11 +275,16 @@ def verify(path: Path, identity: dict) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "state" not in manifest:
         raise FmhubError(f"{path}/{MANIFEST} is not an fmhub checkpoint manifest; refusing to load it")
     theirs = manifest.get("identity") or {}
-    for key, ours in identity.items():
-        if theirs.get(key) != ours:
-            raise FmhubError(
-                f"{path} belongs to another run ({key}: {theirs.get(key)!r}, this run: {ours!r}); refusing to resume"
-            )
+    differs = [
+        f"{key}: {theirs[key]!r}, this run: {ours!r}" if key in theirs else f"{key}: not recorded, this run: {ours!r}"
+        for key, ours in identity.items()
+        if theirs.get(key) != ours
+    ]
+    if differs:
+        raise FmhubError(
+            f"{path} belongs to another run ({'; '.join(differs)}); refusing to resume. Resume with the run's own "
+            "data and settings, or train into another --output-dir"
+        )
     actual = _file_hashes(path)
     if actual != manifest["files"]:
         expected = {(str(name), str(digest)) for name, digest in manifest["files"].items()}
@@ -218,10 +321,11 @@ def load(accelerator: Accelerator, path: Path, identity: dict) -> tuple[dict, di
 # -- the best weights so far ------------------------------------------------------------------------------------------
 def save_best_weights(output_dir: Path, weights: dict[str, torch.Tensor]) -> None:
     """`<output-dir>/best_model.safetensors`, replaced atomically: a new file, so hard links in checkpoints stay."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / f".{BEST}.tmp"
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
-    os.replace(tmp, output_dir / BEST)
+    with write_errors(f"the best weights {output_dir / BEST}"):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = output_dir / f".{BEST}.tmp"
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
+        os.replace(tmp, output_dir / BEST)
 
 
 def restore_best_weights(checkpoint: Path, output_dir: Path) -> None:
@@ -230,7 +334,8 @@ def restore_best_weights(checkpoint: Path, output_dir: Path) -> None:
     if not source.is_file():
         target.unlink(missing_ok=True)
         return
-    tmp = Path(output_dir) / f".{BEST}.tmp"
-    tmp.unlink(missing_ok=True)
-    _link_or_copy(source, tmp)
-    os.replace(tmp, target)
+    with write_errors(f"the best weights {target}"):
+        tmp = Path(output_dir) / f".{BEST}.tmp"
+        tmp.unlink(missing_ok=True)
+        _link_or_copy(source, tmp)
+        os.replace(tmp, target)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
+import os
 import sys
 import types
 import typing
@@ -12,7 +14,10 @@ from pathlib import Path
 
 from fmhub.config import TrainConfig, load_yaml, resolve_config
 from fmhub.errors import FmhubError
+from fmhub.model_folder import OutputFolder, describe_write_error
 from fmhub.registry import list_scenarios
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--scenario", choices=scenarios, required=True)
     build.add_argument("--output-dir", required=True)
     build.add_argument("--model", help="Hub id or folder the Space serves")
+    build.add_argument("--overwrite", action="store_true",
+                       help="write into a non-empty folder fmhub did not create (app.py, README.md, ... are replaced)")
 
     serve = sub.add_parser("serve", help="run the hub app (same as python app.py)")
     serve.add_argument("--host", default=None)
@@ -92,12 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace) -> int:
     from fmhub.registry import get_scenario
-    from fmhub.runner import train
 
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config")}
     yaml_values = load_yaml(args.config) if args.config else {}
     scenario = given.get("scenario") or yaml_values.get("scenario") or TrainConfig.scenario
     config = resolve_config(get_scenario(scenario).defaults, yaml_values, given)
+    main_process = os.environ.get("RANK", "0") == "0"  # under `accelerate launch` the main process checks
+    if main_process and config.output_dir:
+        OutputFolder(config.output_dir).check_unlocked()  # a running run's folder: refused before torch is imported
+    from fmhub.runner import check_output_dir, train
+
+    if main_process:
+        check_output_dir(config)
     train(config)
     return 0
 
@@ -168,7 +181,8 @@ def run_spaces(args: argparse.Namespace) -> int:
     if args.spaces_command == "deploy":
         print(f"deployed to {deploy_space(args.scenario, args.space_id, args.model, private=args.private)}")
     else:
-        print(f"Space folder written to {write_space_folder(args.scenario, Path(args.output_dir), args.model)}")
+        folder = write_space_folder(args.scenario, Path(args.output_dir), args.model, overwrite=args.overwrite)
+        print(f"Space folder written to {folder}")
     return 0
 
 
@@ -195,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except FmhubError as err:
         print(f"fmhub {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk or a permission problem outside the writes that already say what they were
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        print(f"fmhub {args.command}: error: {describe_write_error(err, 'a file')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fmhub {args.command}: interrupted", file=sys.stderr)

@@ -90,6 +90,10 @@ class TrainConfig:
     save_total_limit: int = field(default=2, metadata={"help": "keep the last K checkpoints"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest complete checkpoint"})
     resume_from: str | None = field(default=None, metadata={"help": "continue from this checkpoint folder"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "write into a non-empty --output-dir fmhub did not create, or start over in "
+                                         "one that holds a run's checkpoints (they are deleted)"}
+    )
     nan_policy: str = field(default="stop", metadata={"help": "stop | skip: what a NaN/Inf loss does"})
 
     push_to_hub: bool = field(default=False, metadata={"help": "push the saved model to the Hub at the end"})
@@ -121,6 +125,8 @@ class TrainConfig:
             raise FmhubError(f"--max-steps must be at least 1, got {self.max_steps}")
         if self.resume and self.resume_from:
             raise FmhubError("give either --resume or --resume-from, not both")
+        if (self.resume or self.resume_from) and self.overwrite:
+            raise FmhubError("give either --resume (continue the run) or --overwrite (start over), not both")
         if (self.resume or self.resume_from) and not self.output_dir:
             raise FmhubError("--resume needs --output-dir (the folder of the interrupted run)")
         if self.push_to_hub and not self.hub_repo_id:
@@ -144,7 +150,9 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        # --overwrite is about this invocation's folder: a saved config reused with --config must not carry it along
+        values = {k: v for k, v in self.to_dict().items() if k != "overwrite"}
+        Path(path).write_text(yaml.safe_dump(values, sort_keys=False))
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

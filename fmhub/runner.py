@@ -14,12 +14,12 @@ from fmhub.card import write_model_card
 from fmhub.config import TrainConfig
 from fmhub.errors import FmhubError
 from fmhub.metrics import compute_classification_metrics, headline
-from fmhub.model_folder import ModelFolder
+from fmhub.model_folder import ModelFolder, OutputFolder, RunLock, write_errors
 from fmhub.paths import default_model_dir
 from fmhub.registry import get_scenario
 from fmhub.scenarios.base import Scenario
 from fmhub.training.engine import Engine, ProgressCallback
-from fmhub.training.loaders import build_dataloader
+from fmhub.training.loaders import build_dataloader, preserved_rng_state
 from fmhub.training.setup import inverse_frequency_weights, make_accelerator, predict_probs, seed_everything
 
 
@@ -48,19 +48,54 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 def _prepare_output_dir(config: TrainConfig, scenario: Scenario) -> tuple[Path, Path | None]:
     """(folder to train in, final cache folder or None). The cache default is trained aside and swapped in."""
     if config.output_dir:
-        out = Path(config.output_dir).expanduser()
-        if not (config.resume or config.resume_from) and checkpoints.complete_checkpoints(out):
-            raise FmhubError(
-                f"{out} already holds checkpoints of a run; add --resume to continue it, "
-                "or choose an empty --output-dir"
-            )
-        if out.exists() and not out.is_dir():
-            raise FmhubError(f"--output-dir {out} exists and is not a folder")
-        return out, None
+        return Path(config.output_dir).expanduser(), None
     final = default_model_dir(scenario.name)
     work = final.parent / f".training-{scenario.name}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     return work, final
+
+
+def check_output_dir(config: TrainConfig) -> None:
+    """Refuse, before anything is written, a folder a live run holds, a run's folder without --resume, or a
+    non-empty folder fmhub did not create without --overwrite. Read-only.
+
+    `--resume` may continue a run in a folder fmhub did not create (a copy of a run's folder): the checkpoint's
+    manifest is what is checked then.
+    """
+    if not config.output_dir:
+        return
+    out = Path(config.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FmhubError(f"--output-dir {out} exists and is not a folder")
+    folder = OutputFolder(out)
+    folder.check_unlocked()
+    if config.resume or config.resume_from:
+        return
+    if not config.overwrite and checkpoints.complete_checkpoints(out):
+        raise FmhubError(
+            f"{out} already holds checkpoints of a run; add --resume to continue it, --overwrite to start over "
+            "(its checkpoints are deleted), or choose an empty --output-dir"
+        )
+    folder.check_writable(config.overwrite)
+
+
+def _take_output_dir(config: TrainConfig, out: Path) -> RunLock:
+    """Main process (the others wait): check, lock the folder for this run, mark it as fmhub's, tidy leftovers."""
+    check_output_dir(config)
+    folder = OutputFolder(out)
+    fresh = not folder.foreign_entries()  # missing, empty or fmhub's own
+    lock = folder.lock()
+    try:
+        with write_errors(f"--output-dir {out}"):
+            if config.overwrite:
+                checkpoints.remove_run(out)
+            if fresh or config.overwrite:
+                folder.claim()
+            checkpoints.remove_leftovers(out)  # a checkpoint set aside by a crash mid-replace gets its name back
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_hook=None) -> Path:
@@ -69,8 +104,17 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_h
     backbone = scenario.resolve_backbone(config.model)
     out, final = _prepare_output_dir(config, scenario)
     accelerator = make_accelerator(config, out)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+    lock = _take_output_dir(config, out) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    try:
+        return _train(config, scenario, backbone, out, final, accelerator, lock, progress, fault_hook)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config, scenario, backbone, out, final, accelerator, lock, progress, fault_hook) -> Path:
+    """The run itself, in a folder this process holds (main process: `lock`)."""
     seed_everything(config.seed)
     started = time.perf_counter()
     with accelerator.main_process_first():
@@ -85,7 +129,13 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_h
     weights = None
     if config.class_weights == "auto":
         weights = inverse_frequency_weights(list(data["train"]["label"]), len(label_names))
-    identity = {"scenario": scenario.name, "backbone": backbone, "label_names": label_names}
+    identity = {
+        "scenario": scenario.name,
+        "backbone": backbone,
+        "label_names": label_names,
+    }
+    with preserved_rng_state():  # reading rows must not move the streams training draws from
+        identity["data"] = checkpoints.data_fingerprint(data, label_names)
 
     def metrics(labels, probs):
         keep = labels >= 0
@@ -125,38 +175,9 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_h
     results["best_validation_" + config.metric_for_best_model] = result.best_metric
 
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(engine.model)
-        scenario.save_model(unwrapped, processor, out, label_names)
-        config.save(out / "train_config.yaml")
-        reports.write_evaluation(results, out)
-        reports.plot_training_curves(result.history, out / "training_curves.png", config.metric_for_best_model)
-        reports.write_json(out / "training_history.json", {"history": result.history})
-        manifest = {
-            "scenario": scenario.name,
-            "backbone": backbone,
-            "label_names": label_names,
-            "data": config.data,
-            "pretrained": config.pretrained,
-            **settings,
-            "test_metrics": headline(results),
-            "skipped_batches": result.skipped_batches,
-        }
-        ModelFolder(out).write(manifest)
-        write_model_card(out, scenario, config, results, manifest)
-        for ckpt in checkpoints.complete_checkpoints(out):
-            if final is not None:
-                shutil.rmtree(ckpt, ignore_errors=True)
-        if final is not None:
-            (out / checkpoints.BEST).unlink(missing_ok=True)
-            shutil.rmtree(out / "runs", ignore_errors=True)
-            backup = final.parent / f".old-{scenario.name}-{os.getpid()}"
-            if final.exists():
-                os.replace(final, backup)
-            os.replace(out, final)
-            shutil.rmtree(backup, ignore_errors=True)
-            out = final
-        accelerator.print("test: " + ", ".join(f"{k}={v:.4f}" for k, v in headline(results).items()))
-        accelerator.print(f"saved to {out} ({results['train_seconds']:.0f} s)")
+        with write_errors(f"the model folder {out}"):
+            out = _save_run(config, scenario, backbone, engine, processor, out, final, label_names, settings, results,
+                            result, lock)
     accelerator.wait_for_everyone()
     if config.push_to_hub and accelerator.is_main_process:
         from fmhub.hub import push_model
@@ -164,6 +185,47 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_h
         push_model(out, config.hub_repo_id, private=config.hub_private)
     accelerator.end_training()
     return final or out
+
+
+def _save_run(config, scenario, backbone, engine, processor, out, final, label_names, settings, results, result,
+              lock) -> Path:
+    """Main process: the saved model folder, reports and card; the cache default swapped in. Returns the folder."""
+    accelerator = engine.accelerator
+    unwrapped = accelerator.unwrap_model(engine.model)
+    scenario.save_model(unwrapped, processor, out, label_names)
+    config.save(out / "train_config.yaml")
+    reports.write_evaluation(results, out)
+    reports.plot_training_curves(result.history, out / "training_curves.png", config.metric_for_best_model)
+    reports.write_json(out / "training_history.json", {"history": result.history})
+    manifest = {
+        "scenario": scenario.name,
+        "backbone": backbone,
+        "label_names": label_names,
+        "data": config.data,
+        "pretrained": config.pretrained,
+        **settings,
+        "test_metrics": headline(results),
+        "skipped_batches": result.skipped_batches,
+    }
+    ModelFolder(out).write(manifest)
+    write_model_card(out, scenario, config, results, manifest)
+    for ckpt in checkpoints.complete_checkpoints(out):
+        if final is not None:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    OutputFolder(out).claim()  # the folder now holds this run's files only (also after a --resume)
+    lock.release()  # before the swap or a push: the lock never leaves the folder it guards
+    if final is not None:
+        (out / checkpoints.BEST).unlink(missing_ok=True)
+        shutil.rmtree(out / "runs", ignore_errors=True)
+        backup = final.parent / f".old-{scenario.name}-{os.getpid()}"
+        if final.exists():
+            os.replace(final, backup)
+        os.replace(out, final)
+        shutil.rmtree(backup, ignore_errors=True)
+        out = final
+    accelerator.print("test: " + ", ".join(f"{k}={v:.4f}" for k, v in headline(results).items()))
+    accelerator.print(f"saved to {out} ({results['train_seconds']:.0f} s)")
+    return out
 
 
 def evaluate(

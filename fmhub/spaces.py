@@ -15,6 +15,7 @@ import yaml
 
 from fmhub.errors import FmhubError
 from fmhub.hubids import check_repo_id, is_hub_id
+from fmhub.model_folder import OWNER_MARKER, OutputFolder, write_errors
 from fmhub.registry import scenario_class
 
 GRADIO_VERSION = "6.31.0"
@@ -76,19 +77,31 @@ def _model_link(model: str | None) -> str:
     return f"`{model}`" if model else "the embedded default (fine-tuned on first start)"
 
 
-def write_space_folder(scenario: str, folder: Path, model: str | None = None, bundle_package: bool = True) -> Path:
-    """app.py, README.md, requirements.txt (+ the fmhub package and fmhub_space.json when bundling)."""
+def write_space_folder(scenario: str, folder: Path, model: str | None = None, bundle_package: bool = True,
+                       overwrite: bool = False) -> Path:
+    """app.py, README.md, requirements.txt (+ the fmhub package and fmhub_space.json when bundling).
+
+    A non-empty folder fmhub did not create is refused (nothing written) unless `overwrite`. A bundled folder (what
+    `fmhub spaces build` writes) is marked as fmhub's, so building into it again needs no flag; the checked-in
+    `spaces/<scenario>/` folders (no bundle) stay exactly the three Space files.
+    """
     scenario_class(scenario)  # an unknown name fails here, with the registered ones listed
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "app.py").write_text(APP_TEMPLATE.format(scenario=scenario))
-    (folder / "README.md").write_text(space_readme(scenario, model))
-    (folder / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
-    if bundle_package:
-        package = Path(__file__).resolve().parent
-        shutil.copytree(package, folder / "fmhub", dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        (folder / "fmhub_space.json").write_text(json.dumps({"scenario": scenario, "model": model}, indent=2) + "\n")
+    target = OutputFolder(folder)
+    target.check_writable(overwrite)
+    folder = target.path
+    with write_errors(f"the Space folder {folder}"):
+        folder.mkdir(parents=True, exist_ok=True)
+        if bundle_package:
+            target.claim()
+        (folder / "app.py").write_text(APP_TEMPLATE.format(scenario=scenario))
+        (folder / "README.md").write_text(space_readme(scenario, model))
+        (folder / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
+        if bundle_package:
+            package = Path(__file__).resolve().parent
+            shutil.copytree(package, folder / "fmhub", dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            (folder / "fmhub_space.json").write_text(json.dumps({"scenario": scenario, "model": model}, indent=2)
+                                                     + "\n")
     return folder
 
 
@@ -115,7 +128,7 @@ def deploy_space(scenario: str, space_id: str, model: str | None = None, private
             with quiet_hub_logs():
                 api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
                 api.upload_folder(folder_path=str(folder), repo_id=space_id, repo_type="space",
-                                  commit_message=f"Deploy fmhub {scenario} Space")
+                                  commit_message=f"Deploy fmhub {scenario} Space", ignore_patterns=[OWNER_MARKER])
         except FmhubError:
             raise
         except Exception as err:

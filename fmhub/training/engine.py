@@ -30,6 +30,13 @@ from fmhub.training.loaders import EpochSeededDataset, build_dataloader, preserv
 from fmhub.training.setup import build_optimizer, classification_loss, logits_of, model_inputs, predict_probs
 
 ProgressCallback = Callable[[float, str], None]
+# settings a resumed run must share with the checkpoint's run (besides the data order and the data itself)
+SCHEDULE = (
+    "epochs", "max_steps", "learning_rate", "head_learning_rate", "weight_decay", "optimizer", "momentum", "scheduler",
+    "warmup_ratio", "max_grad_norm", "label_smoothing", "class_weights", "mixed_precision", "pretrained",
+    "freeze_backbone_epochs", "freeze_embeddings", "early_stopping_patience", "metric_for_best_model",
+    "target_metric", "max_length", "image_size", "augment",
+)
 
 
 @dataclass
@@ -73,7 +80,8 @@ class Engine:
         self.config, self.accelerator = config, accelerator
         self.compute_metrics, self.output_dir = compute_metrics, output_dir
         self.class_weights, self.progress, self.fault_hook = class_weights, progress, fault_hook
-        # what must match for a checkpoint's data position to mean the same thing in this run
+        # what must match for a checkpoint's data position to mean the same thing in this run, and the schedule and
+        # settings that decide the weights: a resume with other data, epochs or learning rate is refused, not mixed in
         self.run_identity = {
             **(run_identity or {}),
             "seed": config.seed,
@@ -82,6 +90,7 @@ class Engine:
             "group_by_length": config.group_by_length,
             "num_processes": accelerator.num_processes,
             "train_examples": len(train_dataset),
+            **{name: getattr(config, name) for name in SCHEDULE},
         }
         self.train_dataset = EpochSeededDataset(train_dataset, config.seed)
         train_dl = build_dataloader(self.train_dataset, config, collate_fn, train=True)
