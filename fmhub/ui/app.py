@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
@@ -25,9 +26,12 @@ from fmhub.ui.models import BOOTSTRAP, ModelSlot  # noqa: E402
 
 log = logging.getLogger("fmhub.app")
 
-# Hardening limits (see RELIABILITY.md): bounded queue and concurrency, upload and image-size caps.
+# Hardening limits (see RELIABILITY.md): bounded queue and concurrency, upload, request and image-size caps.
 MAX_FILE_SIZE = "10mb"
 MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb guard: larger images are refused before decoding
+MAX_REQUEST_BYTES = 1_000_000  # an API call's JSON body (a chat message and its bounded history fit many times over)
+MAX_DRAINED_BYTES = 64_000_000  # a refused body is read and dropped up to this much (so the client gets the 413)
+REQUEST_TOO_LARGE = "This request is too large. Please send a shorter message, or start a new chat."
 QUEUE_MAX_SIZE = 32
 CONCURRENCY = 2
 
@@ -110,11 +114,74 @@ def quiet_idle_queue(demo: gr.Blocks, poll_seconds: float = 0.01) -> None:
         queue.progress_update_sleep_when_free = max(getattr(queue, "progress_update_sleep_when_free", 0), 0.05)
 
 
+class RequestSizeLimit:
+    """ASGI middleware: a request body over `max_bytes` is answered 413 with one short line before anything parses it.
+
+    Without it Gradio parsed any body it got: a 16 MB, 100,000-message chat history took 16 s of a worker and 188 MB.
+    The refused body is read and dropped (not kept), so the client gets the answer instead of a reset connection.
+    Gradio's multipart routes (`.../upload`, `.../process_recording`) are left to its own `max_file_size` check.
+    """
+
+    MULTIPART_ROUTES = ("/upload", "/process_recording")
+
+    def __init__(self, app, max_bytes: int = MAX_REQUEST_BYTES):
+        self.app, self.max_bytes = app, int(max_bytes)
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH")
+                or scope["path"].rstrip("/").endswith(self.MULTIPART_ROUTES)):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if length.isdigit():  # the server holds the body to this length: nothing to count
+            if int(length) <= self.max_bytes:
+                return await self.app(scope, receive, send)
+            return await self._refuse(scope, receive, send, int(length))
+        received, size, more = [], 0, True  # no length given (chunked): read up to the limit, then replay it
+        while more and size <= self.max_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([*received, message], receive), send)
+            received.append(message)
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        if size > self.max_bytes:
+            return await self._refuse(scope, receive, send, size, more)
+        return await self.app(scope, _replay(received, receive), send)
+
+    async def _refuse(self, scope, receive, send, size: int, more: bool = True) -> None:
+        log.warning("refused a request of %s bytes to %s (limit %d)", size, scope["path"][:100], self.max_bytes)
+        drained = 0
+        while more and drained < MAX_DRAINED_BYTES:
+            message = await receive()
+            drained += len(message.get("body", b""))
+            more = message["type"] == "http.request" and message.get("more_body", False)
+        body = json.dumps({"detail": REQUEST_TOO_LARGE, "error": REQUEST_TOO_LARGE}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _replay(messages: list, receive):
+    """An ASGI `receive` that hands out `messages` first, then the real one."""
+    pending = list(messages)
+
+    async def replay():
+        return pending.pop(0) if pending else await receive()
+
+    return replay
+
+
 def launch(demo: gr.Blocks, config: AppConfig, **kwargs):
-    """Launch hardened: upload cap, no monitoring page, no run history, no share link, cache folder not served."""
+    """Launch hardened: upload and request-size caps, no monitoring page, no run history, no share link, cache folder
+    not served."""
+    from starlette.middleware import Middleware
+
     from fmhub.paths import fmhub_home
 
+    app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(RequestSizeLimit)]
     return demo.launch(
+        app_kwargs=app_kwargs,
         server_name=config.host,
         server_port=config.port,
         max_file_size=MAX_FILE_SIZE,

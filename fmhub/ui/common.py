@@ -1,22 +1,58 @@
-"""Helpers shared by the tabs: friendly errors and the model card summary."""
+"""Helpers shared by the tabs: friendly errors, public text (no server paths) and the model card summary."""
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 import traceback
+from pathlib import Path
 
 import gradio as gr
 
 from fmhub.errors import FmhubError
+from fmhub.hubids import is_hub_id, redact
 from fmhub.model_folder import ModelFolder
-from fmhub.ui.models import ModelNotReady, ModelSlot
+from fmhub.ui.models import ModelLoadFailed, ModelNotReady, ModelSlot, bounded_log_text
 
 log = logging.getLogger("fmhub.app")
 
+MAX_PUBLIC_CHARS = 500  # what a page or an API client is told about a failure, at most
 
-def friendly_errors(fn):
-    """Known problems become a `gr.Error` with their message; anything else a generic one (details: console only)."""
+# an absolute path (POSIX, `~/...` or `C:\...`), not inside a URL: `https://host/a` has `:`, `/` or a word before it
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/\\.<-])(?:~|[A-Za-z]:)?(?:[/\\][^\s/\\'\"`()<>\[\]{},;|]+)+[/\\]?")
+
+
+def _final_component(path: str) -> str:
+    return re.split(r"[/\\]", path.rstrip("/\\"))[-1] or "the model folder"
+
+
+def public_model_name(ref: str | None) -> str:
+    """How the page names a model: a Hub id as it is, a local folder by its name only (never its path)."""
+    if ref is None:
+        return "embedded default"
+    if is_hub_id(ref):
+        return ref
+    return _final_component(str(ref))
+
+
+def public_text(text, slot: ModelSlot | None = None) -> str:
+    """`text` fit for the page: the slot's model reference by its public name, every other absolute path by its
+    final component, tokens redacted, at most MAX_PUBLIC_CHARS. The full text belongs in the server log only."""
+    text = redact(str(text))
+    if slot is not None and slot.model_ref and not is_hub_id(slot.model_ref):
+        name = public_model_name(slot.model_ref)
+        for form in {str(Path(slot.model_ref).expanduser().resolve()), slot.model_ref}:
+            text = text.replace(form, name)
+    text = _ABSOLUTE_PATH.sub(lambda m: _final_component(m.group(0)), text)
+    return text if len(text) <= MAX_PUBLIC_CHARS else text[: MAX_PUBLIC_CHARS - 1] + "…"
+
+
+def friendly_errors(fn=None, *, slot: ModelSlot | None = None):
+    """Known problems become a `gr.Error` with their message made public (`public_text`); anything else a generic
+    one. Full details go to the server log only, bounded (`bounded_log_text`)."""
+    if fn is None:
+        return functools.partial(friendly_errors, slot=slot)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -24,25 +60,31 @@ def friendly_errors(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
+        except ModelLoadFailed as err:
+            raise gr.Error(public_text(err, slot), title="Model failed to load", print_exception=False) from None
         except ModelNotReady as err:
-            raise gr.Error(str(err), title="Model not ready") from None
+            raise gr.Error(public_text(err, slot), title="Model not ready", print_exception=False) from None
         except FmhubError as err:
-            raise gr.Error(str(err)) from None
+            log.warning("handler %s refused its input: %s", fn.__name__, bounded_log_text(str(err)))
+            raise gr.Error(public_text(err, slot), print_exception=False) from None
         except Exception:
-            log.error("handler %s failed:\n%s", fn.__name__, traceback.format_exc())
-            raise gr.Error("Something went wrong while processing this input. Please try another one.") from None
+            log.error("handler %s failed:\n%s", fn.__name__, bounded_log_text(traceback.format_exc()))
+            raise gr.Error("Something went wrong while processing this input. Please try another one.",
+                           print_exception=False) from None
 
     return wrapper
 
 
 def summary_markdown(slot: ModelSlot) -> str:
+    """The model line above a tab: its public name (Hub id or folder name), backbone, data and test metrics."""
     folder = slot.folder()
-    if folder is None or not ModelFolder(folder).is_fmhub_model():
-        where = "embedded default" if slot.is_default else slot.model_ref
-        return f"**Model:** {where} - {slot.status()}"
+    source = public_model_name(slot.model_ref)
+    if folder is None or not ModelFolder(folder).is_fmhub_model() or slot.load_error:
+        return public_text(f"**Model:** {source} - {slot.status()}", slot)
     info = ModelFolder(folder).summary()  # cached: re-read only when the file changes
     metrics = ", ".join(
         f"{k} {v:.3f}" for k, v in info["test_metrics"].items() if k in ("accuracy", "macro_f1", "roc_auc")
     )
-    source = "embedded default" if slot.is_default else slot.model_ref
-    return f"**Model:** {source} (backbone `{info['backbone']}`) · **data:** {info['data']} · **test:** {metrics}"
+    backbone = public_model_name(info["backbone"]) if info["backbone"] else "unknown"
+    data = info["data"] if info["data"] == "embedded default" else public_model_name(str(info["data"]))
+    return public_text(f"**Model:** {source} (backbone `{backbone}`) · **data:** {data} · **test:** {metrics}", slot)

@@ -1,12 +1,28 @@
-"""Customer-service tab: a chat that answers from the FAQ, shows intent and confidence, hands off to a human."""
+"""Customer-service tab: a chat that answers from the FAQ, shows intent and confidence, hands off to a human.
+
+The chat history comes from the client, so it is bounded here: the last MAX_HISTORY_TURNS turns and at most
+MAX_HISTORY_BYTES are kept (the reply never grows past that), and a history that is not a list of messages is refused
+with one short line, in the page and in the log (the app's request-size cap refuses a huge body before it is parsed).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+
 import gradio as gr
+from gradio.components.chatbot import ChatbotDataMessages
+from pydantic import ValidationError
 
 from fmhub.predictors.text import MAX_TEXT_CHARS, clean_text
-from fmhub.ui.common import friendly_errors, summary_markdown
-from fmhub.ui.models import ModelNotReady, ModelSlot
+from fmhub.ui.common import friendly_errors, public_text, summary_markdown
+from fmhub.ui.models import ModelLoadFailed, ModelNotReady, ModelSlot
+
+log = logging.getLogger("fmhub.app")
+
+MAX_HISTORY_TURNS = 20  # a turn: the user's message and the assistant's reply; older turns are dropped
+MAX_HISTORY_BYTES = 100_000  # the kept history, as JSON, at most this; the oldest messages go first
+HISTORY_REFUSED = "This chat history could not be read (it is not a list of chat messages). Please start a new chat."
 
 EXAMPLES = [
     "Hi there!",
@@ -31,6 +47,53 @@ def format_reply(result: dict) -> str:
     return f"{result['answer']}\n\n<sub>{tag}</sub>"
 
 
+def _as_message(item):
+    """A message as Gradio 6 models it; plain-text content (`"content": "hi"`) is accepted as API clients send it."""
+    if isinstance(item, dict) and isinstance(item.get("content"), str):
+        return {**item, "content": [{"type": "text", "text": item["content"]}]}
+    return item
+
+
+def bounded_history(value) -> ChatbotDataMessages | None:
+    """The client's chat history, bounded: its last MAX_HISTORY_TURNS turns within MAX_HISTORY_BYTES, validated.
+
+    Only what is kept is looked at, so a long history costs no more than a short one; anything that is not a list of
+    chat messages raises a `gr.Error` with HISTORY_REFUSED, and the log gets one line (not the validation dump).
+    """
+    if value is None:
+        return None
+    if isinstance(value, ChatbotDataMessages):
+        value = value.model_dump()
+    if not isinstance(value, list):
+        log.warning("chat history refused: a %s, not a list", type(value).__name__)
+        raise gr.Error(HISTORY_REFUSED, print_exception=False)
+    kept = [_as_message(item) for item in value[-2 * MAX_HISTORY_TURNS :]]
+    sizes = [len(json.dumps(item, ensure_ascii=False, default=str).encode(errors="replace")) for item in kept]
+    while kept and sum(sizes) > MAX_HISTORY_BYTES:
+        kept, sizes = kept[1:], sizes[1:]
+    try:
+        return ChatbotDataMessages.model_validate(kept, context={"validate_meta": True})
+    except ValidationError as err:
+        first = err.errors(include_url=False, include_input=False)[0]
+        log.warning("chat history refused: %d problem(s) in its last %d messages, first: %s at %s",
+                    err.error_count(), len(kept), first.get("msg", "")[:200], str(first.get("loc", ""))[:100])
+        raise gr.Error(HISTORY_REFUSED, print_exception=False) from None
+
+
+def bounded_chatbot(**kwargs) -> gr.Chatbot:
+    """A `gr.Chatbot` whose incoming value goes through `bounded_history` instead of Gradio's validation of the
+    whole list: a 100,000-message history took seconds to validate and a malformed one logged megabytes of errors.
+
+    Set on the instance, not in a subclass: Gradio writes a `.pyi` file next to the module of every Component
+    subclass it sees defined.
+    """
+    chatbot = gr.Chatbot(**kwargs)
+    chatbot.api_info()  # cached from Gradio's message model before it is switched off: clients see the usual schema
+    chatbot.data_model = None  # Gradio then validates nothing before preprocess(); bounded_history does
+    chatbot.preprocess = lambda payload: gr.Chatbot.preprocess(chatbot, bounded_history(payload))
+    return chatbot
+
+
 def build_customer_service_tab(slot: ModelSlot) -> None:
     gr.Markdown(
         "Ask the shop's assistant anything about orders, delivery, returns, payments or your account. "
@@ -38,7 +101,7 @@ def build_customer_service_tab(slot: ModelSlot) -> None:
         "your question is outside what it knows."
     )
     summary = gr.Markdown(summary_markdown(slot))
-    chatbot = gr.Chatbot(label="Customer service", height=380)
+    chatbot = bounded_chatbot(label="Customer service", height=380)
     with gr.Row():
         message = gr.Textbox(
             placeholder="Type your message...",
@@ -51,30 +114,24 @@ def build_customer_service_tab(slot: ModelSlot) -> None:
     details = gr.JSON(label="Intent details", visible=True)
     gr.Examples(EXAMPLES, inputs=message)
 
-    @friendly_errors
+    @friendly_errors(slot=slot)
     def respond(text: str, history: list | None):
-        history = list(history or [])
+        history = list(history or [])  # already bounded by bounded_chatbot
+        shown = (clean_text(text) if isinstance(text, str) else "") or "…"
         try:
             result = slot.get().predict([text if isinstance(text, str) else ""])[0]
+        except ModelLoadFailed as err:
+            answer, details_value = f"Sorry, I cannot answer right now: {public_text(err, slot)}.", None
         except ModelNotReady as err:
-            shown = clean_text(text) if isinstance(text, str) else ""
-            return (
-                history
-                + [
-                    {"role": "user", "content": shown or "…"},
-                    {"role": "assistant", "content": f"The model is not ready yet: {err}."},
-                ],
-                "",
-                None,
-                summary_markdown(slot),
-            )
-        shown = clean_text(text) or "…"
-        history += [{"role": "user", "content": shown}, {"role": "assistant", "content": format_reply(result)}]
-        details_value = {k: result[k] for k in ("label", "intent", "score", "handoff")}
-        details_value["top_scores"] = dict(sorted(result["scores"].items(), key=lambda kv: -kv[1])[:3])
-        return history, "", details_value, summary_markdown(slot)
+            answer, details_value = f"The model is not ready yet: {public_text(err, slot)}.", None
+        else:
+            answer = format_reply(result)
+            details_value = {k: result[k] for k in ("label", "intent", "score", "handoff")}
+            details_value["top_scores"] = dict(sorted(result["scores"].items(), key=lambda kv: -kv[1])[:3])
+        history += [{"role": "user", "content": shown}, {"role": "assistant", "content": answer}]
+        return history[-2 * MAX_HISTORY_TURNS :], "", details_value, summary_markdown(slot)
 
-    @friendly_errors
+    @friendly_errors(slot=slot)
     def classify(text: str) -> dict:
         """API: the full prediction (label, score, scores, intent, answer, handoff) for one message."""
         return slot.get().predict([text if isinstance(text, str) else ""])[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from fmhub.registry import scenario_class
-from fmhub.ui.common import friendly_errors, summary_markdown
+from fmhub.ui.common import friendly_errors, public_text, summary_markdown
 from fmhub.ui.models import ModelSlot
 
 TOP_K = 3
@@ -60,13 +60,13 @@ def build_medical_image_tab(slot: ModelSlot) -> None:
             heatmap = gr.Image(label="Grad-CAM overlay", type="numpy", interactive=False, format="png")
             notice = gr.Markdown(_notice_markdown(notice_text), elem_id="mi-notice")
 
-    @friendly_errors
+    @friendly_errors(slot=slot)
     def classify(data: bytes | None):
         if data is None:
             raise gr.Error(f"Please upload an image or pick an example. {notice_text}")
         result = slot.get().predict([bytes(data)], gradcam=True)[0]
         if result.get("error"):
-            raise gr.Error(f"{result['error']} ({notice_text})")
+            raise gr.Error(f"{public_text(result['error'], slot)} ({notice_text})", print_exception=False)
         verdict = _notice_markdown(notice_text, result)
         return result["scores"], result["gradcam"]["overlay"], verdict, summary_markdown(slot)
 

@@ -152,7 +152,7 @@ def build_voice_command_tab(slot: ModelSlot) -> None:
             chunk_in = gr.Audio(type="filepath", visible=False)
             chunk_send = gr.Button(visible=False)
 
-    @friendly_errors
+    @friendly_errors(slot=slot)
     def classify(recording, session):
         """API: classify a clip (file or recording). Returns the verdict, the prediction, a plot, the device panel."""
         session = _session(session)
@@ -164,7 +164,7 @@ def build_voice_command_tab(slot: ModelSlot) -> None:
         return (format_result(result), result, plot_clip(wave, result["detections"]),
                 render_device(session["device"]), session, summary_markdown(slot))
 
-    @friendly_errors
+    @friendly_errors(slot=slot)
     def listen(chunk, session):
         """API: feed one chunk of a stream (an audio file, any rate); returns what was heard so far."""
         session = _session(session)
