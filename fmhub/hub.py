@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import sys
 from pathlib import Path
 
 from fmhub.card import REPO_PLACEHOLDER
@@ -61,6 +63,8 @@ def _hub_error(err: Exception, token: str | None = None) -> str:
             return "the Hub refused the token (HTTP 401); check HF_TOKEN or run `hf auth login`"
         if status == 403:
             return "this token may not write there (HTTP 403); use your own namespace or an organisation you belong to"
+        if status == 412:  # create_commit(parent_commit=...) refused: the branch moved since it was read
+            return "the branch moved on the Hub during the push (HTTP 412: another commit landed first)"
         if status >= 500:
             return f"the Hub is unavailable (HTTP {status})"
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -113,11 +117,64 @@ def upload_operations(folder: Path, repo_id: str) -> list:
     return operations
 
 
+def _git_blob_sha1(operation) -> str:
+    """The git blob oid of an upload's content: what the Hub reports as `blobId` for a file not stored in LFS."""
+    digest = hashlib.sha1(b"blob %d\0" % operation.upload_info.size)
+    with operation.as_file() as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def remote_holds(siblings, operations) -> bool:
+    """True when the Hub already has every file of `operations` with the same content.
+
+    `siblings` come from `repo_info(files_metadata=True)`: an LFS/xet file is compared by its sha256 (`lfs.sha256`),
+    any other by its git blob sha1 (`blob_id`). Sizes first, so a changed file is usually told without hashing.
+    Files on the Hub that the folder lacks do not count: a push adds and replaces, it never deletes.
+    """
+    remote = {sibling.rfilename: sibling for sibling in siblings}
+    for operation in operations:
+        sibling = remote.get(operation.path_in_repo)
+        if sibling is None:
+            return False
+        lfs = sibling.lfs
+        size = lfs.size if lfs else sibling.size
+        if size != operation.upload_info.size:
+            return False
+        if lfs:
+            if lfs.sha256 != operation.upload_info.sha256.hex():
+                return False
+        elif sibling.blob_id != _git_blob_sha1(operation):
+            return False
+    return True
+
+
+def commit_once(api, repo_id: str, operations: list, commit_message: str, repo_type: str = "model",
+                revision: str | None = None) -> tuple[str, bool]:
+    """One commit of `operations`, unless the branch already holds exactly these files: (commit URL, committed).
+
+    The commit is one request (huggingface_hub's `create_commit` does not retry it; `upload_folder`'s xet pipeline
+    does, and warns that a retried commit whose answer was lost is a duplicate). Its answer can still be lost after
+    the Hub applied it (a 5xx from a gateway, a dropped connection), so the branch's files are compared with
+    `operations` first: a re-run after such a loss finds them there and commits nothing. `parent_commit` names the
+    head that was compared, so a commit landing in between makes this one fail (HTTP 412) instead of interleaving.
+    """
+    head = api.repo_info(repo_id, repo_type=repo_type, revision=revision, files_metadata=True)
+    if remote_holds(head.siblings or [], operations):
+        prefix = "" if repo_type == "model" else f"{repo_type}s/"
+        return f"{api.endpoint}/{prefix}{repo_id}/commit/{head.sha}", False
+    info = api.create_commit(repo_id, operations, repo_type=repo_type, revision=revision, parent_commit=head.sha,
+                             commit_message=commit_message)
+    return info.commit_url, True
+
+
 def push_model(folder: Path, repo_id: str, private: bool = False, revision: str | None = None) -> str:
     """create_repo(exist_ok=True) + one commit of the folder, after checking the repo id, labels, weights, token.
 
-    The local folder is only read. A failed push changes nothing on the Hub either (the commit is one request), so
-    re-running the same command is the retry.
+    The local folder is only read. Re-running the same command is the retry, and never a duplicate: when the Hub
+    already holds exactly these files (an earlier push landed though its answer was lost), nothing is committed
+    (`commit_once`). Returns the URL of the commit that holds the files.
     """
     from huggingface_hub import HfApi
 
@@ -133,15 +190,19 @@ def push_model(folder: Path, repo_id: str, private: bool = False, revision: str 
             api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
             if revision:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
-            info = api.create_commit(repo_id, operations, revision=revision,
-                                     commit_message=f"Upload {folder.name} (fine-tuned with fmhub)")
+            url, committed = commit_once(api, repo_id, operations, revision=revision,
+                                         commit_message=f"Upload {folder.name} (fine-tuned with fmhub)")
     except Exception as err:
         reason = describe_hub_failure(err, token)
         if reason is None:
             raise
         raise FmhubError(f"push to {repo_id} failed: {reason}; the local folder is unchanged, retry with "
-                         f"`fmhub push --model {folder} --repo-id {repo_id}`") from None
-    return getattr(info, "commit_url", None) or f"{api.endpoint}/{repo_id}"
+                         f"`fmhub push --model {folder} --repo-id {repo_id}` (safe: if this push landed after all, "
+                         "the retry sees it and commits nothing)") from None
+    if not committed:
+        print(f"fmhub push: already up to date: {repo_id} holds these {len(operations)} files at "
+              f"{url.rsplit('/', 1)[-1][:8]} (an earlier push landed); nothing committed", file=sys.stderr)
+    return url
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ sha, URL-quoted by the client, e.g. ``refs%2Fpr%2F1``):
 ``GET  /api/{type}/{repo}/tree/{rev}[/{path}]``              ``list_repo_tree`` / ``list_repo_files``
 ``POST /api/{type}/{repo}/paths-info/{rev}``                 ``get_paths_info``
 ``GET  /api/{type}/{repo}/refs``                             ``list_repo_refs``
+``GET  /api/{type}/{repo}/commits/{rev}``                    ``list_repo_commits`` (newest first, one page)
 ``POST|DELETE /api/{type}/{repo}/branch/{branch}``           ``create_branch`` / ``delete_branch``
 ``POST /api/{type}/{repo}/preupload/{rev}``                  every file answered ``"uploadMode": "regular"``
 ``POST /api/{type}/{repo}/commit/{rev}``                     NDJSON: ``header``, ``file`` (base64),
@@ -32,7 +33,7 @@ the client maps to its exceptions: ``RepoNotFound`` -> ``RepositoryNotFoundError
 ``RevisionNotFoundError``, ``EntryNotFound`` -> ``RemoteEntryNotFoundError``.
 
 Not implemented: LFS/xet uploads (never requested, since every file is "regular"), tags, discussions,
-``.gitignore`` handling in preupload, ``list_repo_commits``, search/listing endpoints. Unknown routes get a
+``.gitignore`` handling in preupload, search/listing endpoints. Unknown routes get a
 404 JSON error (without ``X-Error-Code``).
 
 Auth model: a request with the right ``Authorization: Bearer <token>`` acts as ``users[0]`` and may write to
@@ -48,6 +49,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,7 +60,7 @@ __all__ = ["LocalHub"]
 _TYPES_PLURAL = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _SPACE_SDKS = ("gradio", "streamlit", "docker", "static")
-_REPO_SUBROUTES = {"revision", "tree", "preupload", "commit", "branch", "refs", "paths-info"}
+_REPO_SUBROUTES = {"revision", "tree", "preupload", "commit", "commits", "branch", "refs", "paths-info"}
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
 
@@ -243,10 +245,11 @@ class _HttpError(Exception):
 
 @dataclass
 class _Fault:
-    kind: str  # "fail" or "drop"
+    kind: str  # "fail", "drop" (the request has no effect), "lose" (it takes effect, the answer is lost) or "hook"
     remaining: int
     route_contains: str
-    status: int = 503
+    status: int = 503  # "lose": 0 closes the connection instead of answering with this status
+    action: Callable[[], None] | None = None  # "hook": run before the request is served
 
 
 class _Server(ThreadingHTTPServer):
@@ -350,7 +353,58 @@ class LocalHub:
         with self._lock:
             self._faults.append(_Fault("drop", int(n), route_contains))
 
+    def lose_next_response(self, n: int = 1, route_contains: str = "/commit/", status: int | None = None) -> None:
+        """Serve the next `n` matching requests (a commit is applied), then lose the answer (matching: `fail_next`).
+
+        ``status=None`` closes the connection without a response, as a gateway timeout or a dropped connection does
+        (``httpx`` raises ``RemoteProtocolError``); a status (e.g. 502) answers with that error instead of the real
+        result. Either way the client cannot tell whether the request took effect.
+        """
+        if n <= 0:
+            return
+        with self._lock:
+            self._faults.append(_Fault("lose", int(n), route_contains, int(status or 0)))
+
+    def before_next(self, route_contains: str, action: Callable[[], None]) -> None:
+        """Run `action()` (e.g. :meth:`commit_files`: a concurrent writer) just before the next matching request."""
+        with self._lock:
+            self._faults.append(_Fault("hook", 1, route_contains, action=action))
+
+    # -- setup -------------------------------------------------------------------------------------------------------
+
+    def commit_files(
+        self,
+        repo_id: str,
+        files: dict[str, bytes],
+        title: str = "direct commit",
+        repo_type: str = "model",
+        revision: str = "main",
+    ) -> str:
+        """Commit `files` (added or replaced) straight to a branch, as another writer would; returns the oid."""
+        with self._lock:
+            repo = self._repos[(repo_type, repo_id)]
+            base = repo.commits[repo.branches[revision]]
+            oid = self._new_oid(repo_type, repo_id, revision, title)
+            repo.commits[oid] = _Commit(oid, {**base.files, **files}, title, _now_iso(), base.oid)
+            repo.branches[revision] = oid
+            return oid
+
     # -- inspection --------------------------------------------------------------------------------------------------
+
+    def commits(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> list[tuple[str, str]]:
+        """``(oid, title)`` of every commit reachable from `revision`, newest first (the repo's first commit last)."""
+        with self._lock:
+            repo = self._repos.get((repo_type, repo_id))
+            if repo is None:
+                raise KeyError(f"no {repo_type} repo {repo_id!r}")
+            commit = repo.resolve(revision)
+            if commit is None:
+                raise KeyError(f"no revision {revision!r} in {repo_type} repo {repo_id!r}")
+            history = []
+            while commit is not None:
+                history.append((commit.oid, commit.title))
+                commit = repo.commits.get(commit.parent) if commit.parent else None
+            return history
 
     def files(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> dict[str, bytes]:
         """Copy of ``{path: content}`` of a repo at a branch or commit sha. Raises `KeyError` if unknown."""
@@ -639,6 +693,23 @@ class LocalHub:
             ]
         return 200, {}, data
 
+    def _route_commits(self, repo: _Repo, revision: str):
+        commit = self._get_commit(repo, revision)
+        namespace = repo.repo_id.split("/")[0]
+        history = []
+        while commit is not None:
+            history.append(
+                {
+                    "id": commit.oid,
+                    "title": commit.title,
+                    "message": "",
+                    "date": commit.date,
+                    "authors": [{"user": namespace, "avatar": ""}],
+                }
+            )
+            commit = repo.commits.get(commit.parent) if commit.parent else None
+        return 200, {}, history
+
     def _route_branch(self, method: str, repo: _Repo, branch: str, body: bytes):
         if method == "DELETE":
             if branch not in repo.branches or branch == "main":
@@ -834,6 +905,8 @@ class LocalHub:
             return self._route_paths_info(repo, rev, body)
         if sub == "refs" and method == "GET":
             return self._route_refs(repo, params)
+        if sub == "commits" and method == "GET":
+            return self._route_commits(repo, unquote("/".join(args)) if args else "main")
 
         # Write routes
         self._require_write(auth, repo.repo_id.split("/")[0])
@@ -928,10 +1001,14 @@ class _Handler(BaseHTTPRequestHandler):
 
         body = self._read_body() if method in ("POST", "PUT", "PATCH", "DELETE") else b""
         fault = hub._take_fault(method, self.path)
+        if fault is not None and fault.kind == "hook":
+            with hub._lock:
+                fault.action()
+            fault = None
         if fault is not None and fault.kind == "drop":
             self.close_connection = True
             return  # the socket is closed without a response
-        if fault is not None:
+        if fault is not None and fault.kind == "fail":
             self._send(
                 fault.status,
                 {"X-Error-Message": f"LocalHub injected HTTP {fault.status}"},
@@ -945,6 +1022,12 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             with hub._lock:
                 status, headers, payload = hub._dispatch(method, self.path, self.headers, body, auth)
+            if fault is not None and fault.kind == "lose":  # the request took effect; its answer never arrives
+                if not fault.status:
+                    self.close_connection = True
+                    return
+                message = f"LocalHub injected HTTP {fault.status} after serving the request"
+                status, headers, payload = fault.status, {"X-Error-Message": message}, {"error": message}
         except _HttpError as err:
             headers = dict(err.headers)
             if err.code:
