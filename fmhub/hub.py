@@ -74,7 +74,8 @@ def _hub_error(err: Exception, token: str | None = None) -> str:
 
 
 # run by-products that never go to the Hub: checkpoints (optimizer state, pickles), best-weights copy, TensorBoard logs
-UPLOAD_IGNORE = ["checkpoint-*", ".tmp-*", ".old-*", "best_model.safetensors", "runs/*", "*.tmp"]
+UPLOAD_IGNORE = ["checkpoint-*", ".tmp-*", ".old-*", ".prev-*", ".fmhub-*", "best_model.safetensors", "runs/*",
+                 "*.tmp"]  # .fmhub-*: the folder's owner marker and run lock, which mean nothing elsewhere
 
 
 def hub_token() -> str:

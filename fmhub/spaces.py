@@ -15,7 +15,7 @@ import yaml
 
 from fmhub.errors import FmhubError
 from fmhub.hubids import check_repo_id, is_hub_id
-from fmhub.model_folder import OWNER_MARKER, OutputFolder, write_errors
+from fmhub.model_folder import OutputFolder, write_errors
 from fmhub.registry import scenario_class
 
 GRADIO_VERSION = "6.31.0"
@@ -109,7 +109,7 @@ def deploy_space(scenario: str, space_id: str, model: str | None = None, private
     """Create the Space repo (gradio SDK) and upload a self-contained folder in one commit."""
     from huggingface_hub import HfApi
 
-    from fmhub.hub import describe_hub_failure, hub_token, quiet_hub_logs
+    from fmhub.hub import commit_once, describe_hub_failure, hub_token, quiet_hub_logs, upload_operations
 
     check_repo_id(space_id, "Space id")
     if model is not None:
@@ -127,8 +127,10 @@ def deploy_space(scenario: str, space_id: str, model: str | None = None, private
                                  "push it first with `fmhub push`")
             with quiet_hub_logs():
                 api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-                api.upload_folder(folder_path=str(folder), repo_id=space_id, repo_type="space",
-                                  commit_message=f"Deploy fmhub {scenario} Space", ignore_patterns=[OWNER_MARKER])
+                # one commit request, skipped when the Space already holds these files: upload_folder retries the
+                # commit on a 5xx and so duplicates a commit whose answer was lost
+                commit_once(api, space_id, upload_operations(folder, space_id), f"Deploy fmhub {scenario} Space",
+                            repo_type="space")
         except FmhubError:
             raise
         except Exception as err:
