@@ -11,7 +11,7 @@ import pytest
 from fmhub.data import voice_families as vf
 from fmhub.errors import FmhubError
 
-TEMPO_KNOB = {"piper", "mbrola", "pico"}  # all three map tempo to the engine's own control
+TEMPO_KNOB = {"piper", "mbrola", "pico", "gnuspeech"}  # each maps tempo to the engine's own control
 
 
 def _need(family: str) -> str:
@@ -56,3 +56,20 @@ def test_unknown_family_and_voice_are_clear_errors():
         pytest.skip("no voice family installed")
     with pytest.raises(FmhubError, match="unknown"):
         vf.synthesize(family, "yes", "nobody")
+
+
+def test_gnuspeech_speakers_differ_and_the_worker_reports_bad_requests(monkeypatch):
+    _need("gnuspeech")
+    speakers = vf.voices("gnuspeech")
+    assert len(speakers) == 16 and len(set(speakers)) == 16
+    lengths = [vf._gnuspeech_speakers()[v]["vocal_tract_length"] for v in speakers]
+    assert 13.0 <= min(lengths) and max(lengths) <= 19.0 and max(lengths) - min(lengths) > 3.0
+    short, long = (speakers[lengths.index(f(lengths))] for f in (min, max))
+    a, b = (vf.synthesize("gnuspeech", "left", v) for v in (short, long))
+    # a shorter vocal tract puts the energy higher: compare the spectral centroids of the two speakers
+    spectra = [np.abs(np.fft.rfft(w)) for w in (a, b)]
+    centroid = [float((x * np.fft.rfftfreq(2 * len(x) - 2, 1 / 16000)[: len(x)]).sum() / x.sum()) for x in spectra]
+    assert centroid[0] > centroid[1]
+    monkeypatch.setitem(vf._gnuspeech_speakers(), short, {"no_such_setting": 1.0})
+    with pytest.raises(FmhubError, match="unknown setting no_such_setting"):
+        vf.synthesize("gnuspeech", "left", short)

@@ -15,11 +15,11 @@ Four families, all offline; every clip is float32 mono 16 kHz in [-1, 1] with le
 
 Determinism: the same arguments always give the same samples, whatever the call order or thread. mbrola and Pico
 are deterministic programs; GnuSpeech is once its own random intonation and pitch drift are off (we draw the
-intonation ourselves, from ``(word, voice, variant)``). Piper's model draws its noise (durations and prosody) from two ``RandomNormalLike``
-nodes whose generator is seeded when the onnxruntime session is built and then advances with every run, so its
-output depends on the call history (``onnxruntime.set_seed`` before a run does not help). We therefore rewrite those
-two nodes, once per process, to read the noise from extra inputs that we fill from a generator seeded by
-``(voice, word, variant)``: that needs the ``onnx`` package.
+intonation ourselves, from ``(word, voice, variant)``). Piper's model draws its noise (durations and prosody) from
+two ``RandomNormalLike`` nodes whose generator is seeded when the onnxruntime session is built and then advances with
+every run, so its output depends on the call history (``onnxruntime.set_seed`` before a run does not help). We
+therefore rewrite those two nodes, once per process, to read the noise from extra inputs that we fill from a
+generator seeded by ``(voice, word, variant)``: that needs the ``onnx`` package.
 
 Knobs, mapped to each engine's own controls: ``tempo`` (> 1 is faster: Piper ``length_scale = 1 / tempo``, espeak
 ``-s 175 * tempo`` words per minute, Pico ``<speed level=100 * tempo>``, GnuSpeech ``tempo``), ``pitch`` in semitones
@@ -124,7 +124,8 @@ def synthesize(family: str, word: str, voice: str, *, tempo: float = 1.0, pitch:
     """`word` spoken by `voice` of `family`: float32 mono 16 kHz in [-1, 1], leading/trailing silence trimmed.
 
     `tempo` > 1 is faster speech, `pitch` is in semitones from the voice's default (ignored by Piper), `variant`
-    picks Piper's noise and GnuSpeech's intonation deterministically (ignored by the others). The same arguments always give the same samples.
+    picks Piper's noise and GnuSpeech's intonation deterministically (ignored by the others). The same arguments
+    always give the same samples.
     """
     if not available(family):
         raise FmhubError(missing_hint(family))
