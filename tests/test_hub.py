@@ -190,9 +190,10 @@ def copy_model(folder: Path, target: Path) -> Path:
 
 
 def uploadable(digest: dict[str, str]) -> dict[str, str]:
-    """The part of a model folder a push uploads: no checkpoints, TensorBoard logs or best-weights copy."""
+    """The part of a model folder a push uploads: no checkpoints, TensorBoard logs, best-weights copy or fmhub's
+    folder marker and run lock (`.fmhub-*`)."""
     return {k: v for k, v in digest.items()
-            if not k.startswith(("checkpoint-", "runs/")) and k != "best_model.safetensors"}
+            if not k.startswith(("checkpoint-", "runs/", ".fmhub-")) and k != "best_model.safetensors"}
 
 
 def card_metadata(text: str) -> dict:

@@ -13,19 +13,19 @@ Four families, all offline; every clip is float32 mono 16 kHz in [-1, 1] with le
   ``@echogarden/gnuspeech-wasm`` run by Node.js, installed by ``.ci/install-voices``), with sixteen speakers of our
   own: each a fixed draw of vocal-tract length, tract shape, glottal pulse, breathiness and pitch.
 
-Determinism: the same arguments always give the same samples, whatever the call order or thread. mbrola and Pico
-are deterministic programs; GnuSpeech is once its own random intonation and pitch drift are off (we draw the
-intonation ourselves, from ``(word, voice, variant)``). Piper's model draws its noise (durations and prosody) from
-two ``RandomNormalLike`` nodes whose generator is seeded when the onnxruntime session is built and then advances with
-every run, so its output depends on the call history (``onnxruntime.set_seed`` before a run does not help). We
-therefore rewrite those two nodes, once per process, to read the noise from extra inputs that we fill from a
-generator seeded by ``(voice, word, variant)``: that needs the ``onnx`` package.
+Determinism: the same arguments always give the same samples, whatever the call order or thread. mbrola and Pico are
+deterministic programs; GnuSpeech is once its own random intonation and pitch drift are off. Piper's model draws its
+noise (durations and prosody) from two ``RandomNormalLike`` nodes whose generator is seeded when the onnxruntime
+session is built and then advances with every run, so its output depends on the call history
+(``onnxruntime.set_seed`` before a run does not help). We therefore rewrite those two nodes, once per process, to
+read the noise from extra inputs that we fill from a generator seeded by ``(voice, word, variant)``: that needs the
+``onnx`` package.
 
 Knobs, mapped to each engine's own controls: ``tempo`` (> 1 is faster: Piper ``length_scale = 1 / tempo``, espeak
 ``-s 175 * tempo`` words per minute, Pico ``<speed level=100 * tempo>``, GnuSpeech ``tempo``), ``pitch`` in semitones
 (espeak ``-p``, about 4.2 steps per semitone around its default 50; Pico ``<pitch level=100 * 2 ** (pitch / 12)>``;
 GnuSpeech ``pitch_offset``; Piper has no pitch control and ignores it) and ``variant`` (Piper: the noise draw and its
-``noise_scale``/``noise_w_scale``; GnuSpeech: the intonation contour; ignored by mbrola and Pico).
+``noise_scale``/``noise_w_scale``; ignored by the others).
 """
 
 from __future__ import annotations
@@ -124,8 +124,7 @@ def synthesize(family: str, word: str, voice: str, *, tempo: float = 1.0, pitch:
     """`word` spoken by `voice` of `family`: float32 mono 16 kHz in [-1, 1], leading/trailing silence trimmed.
 
     `tempo` > 1 is faster speech, `pitch` is in semitones from the voice's default (ignored by Piper), `variant`
-    picks Piper's noise and GnuSpeech's intonation deterministically (ignored by the others). The same arguments
-    always give the same samples.
+    picks Piper's noise deterministically (ignored by the others). The same arguments always give the same samples.
     """
     if not available(family):
         raise FmhubError(missing_hint(family))
@@ -141,7 +140,7 @@ def synthesize(family: str, word: str, voice: str, *, tempo: float = 1.0, pitch:
     elif family == "mbrola":
         wave, rate = _mbrola(word, voice, tempo, pitch)
     elif family == "gnuspeech":
-        wave, rate = _gnuspeech().synthesize(word, voice, tempo, pitch, int(variant))
+        wave, rate = _gnuspeech().synthesize(word, voice, tempo, pitch)
     else:
         wave, rate = _pico(word, voice, tempo, pitch)
     wave = resample(np.clip(wave, -1.0, 1.0), rate, SAMPLE_RATE)
@@ -286,17 +285,13 @@ class _GnuSpeech:
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
         atexit.register(self.close)
 
-    def synthesize(self, word: str, voice: str, tempo: float, pitch: float, variant: int) -> tuple[np.ndarray, int]:
+    def synthesize(self, word: str, voice: str, tempo: float, pitch: float) -> tuple[np.ndarray, int]:
         import soundfile as sf
 
-        rng = np.random.default_rng([0x6E55, variant, *word.encode(), *voice.encode()])
-        control = {  # intonation drawn per (word, voice, variant): the engine's own random intonation is off
-            "tempo": round(tempo, 3), "pitch_offset": round(-4.0 + pitch, 2), "intonation_drift": 0,
-            "random_intonation": 0, "notional_pitch": round(float(rng.uniform(-1.0, 4.0)), 2),
-            "pretonic_range": round(float(rng.uniform(-4.0, 1.0)), 2),
-            "tonic_range": round(float(rng.uniform(-12.0, -3.0)), 2),
-            "tonic_movement": round(float(rng.uniform(1.0, 7.0)), 2),
-        }
+        # the engine's random intonation and pitch drift are off: they draw from a generator that advances with every
+        # call, so a clip would depend on the call history (intonation settings do not change a single word)
+        control = {"tempo": round(tempo, 3), "pitch_offset": round(-4.0 + pitch, 2), "intonation_drift": 0,
+                   "random_intonation": 0}
         with self.lock:
             out = str(Path(self.folder.name) / "word.wav")
             request = {"text": word, "out": out, "control": control, "voice": _gnuspeech_speakers()[voice]}
