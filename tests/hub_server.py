@@ -394,12 +394,7 @@ class LocalHub:
     def commits(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> list[tuple[str, str]]:
         """``(oid, title)`` of every commit reachable from `revision`, newest first (the repo's first commit last)."""
         with self._lock:
-            repo = self._repos.get((repo_type, repo_id))
-            if repo is None:
-                raise KeyError(f"no {repo_type} repo {repo_id!r}")
-            commit = repo.resolve(revision)
-            if commit is None:
-                raise KeyError(f"no revision {revision!r} in {repo_type} repo {repo_id!r}")
+            repo, commit = self._repo_at(repo_id, repo_type, revision)
             history = []
             while commit is not None:
                 history.append((commit.oid, commit.title))
@@ -409,13 +404,17 @@ class LocalHub:
     def files(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> dict[str, bytes]:
         """Copy of ``{path: content}`` of a repo at a branch or commit sha. Raises `KeyError` if unknown."""
         with self._lock:
-            repo = self._repos.get((repo_type, repo_id))
-            if repo is None:
-                raise KeyError(f"no {repo_type} repo {repo_id!r}")
-            commit = repo.resolve(revision)
-            if commit is None:
-                raise KeyError(f"no revision {revision!r} in {repo_type} repo {repo_id!r}")
-            return dict(commit.files)
+            return dict(self._repo_at(repo_id, repo_type, revision)[1].files)
+
+    def _repo_at(self, repo_id: str, repo_type: str, revision: str):
+        """(repo, commit) of `revision` (a branch or commit sha); `KeyError` if either is unknown. Hold the lock."""
+        repo = self._repos.get((repo_type, repo_id))
+        if repo is None:
+            raise KeyError(f"no {repo_type} repo {repo_id!r}")
+        commit = repo.resolve(revision)
+        if commit is None:
+            raise KeyError(f"no revision {revision!r} in {repo_type} repo {repo_id!r}")
+        return repo, commit
 
     def repo_exists(self, repo_id: str, repo_type: str = "model") -> bool:
         with self._lock:
