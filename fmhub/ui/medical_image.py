@@ -44,9 +44,9 @@ def _notice_markdown(notice: str, result: dict | None = None) -> str:
 def build_medical_image_tab(slot: ModelSlot) -> None:
     notice_text = scenario_class(slot.scenario).notice
     gr.Markdown(
-        f"**{notice_text}** Upload an image (PNG, JPEG, TIFF, BMP) or pick an example: the model gives its class "
-        "probabilities and a Grad-CAM heatmap of the region that drove the prediction. The embedded default model is "
-        "trained on synthetic lesions drawn into real medical images and is not meant for diagnosis."
+        f"**{notice_text}** Upload an image (PNG, JPEG, TIFF, BMP, GIF, WebP) or pick an example: the model gives "
+        "its class probabilities and a Grad-CAM heatmap of the region that drove the prediction. The embedded "
+        "default model is trained on synthetic lesions drawn into real medical images and is not meant for diagnosis."
     )
     summary = gr.Markdown(summary_markdown(slot))
     with gr.Row():
