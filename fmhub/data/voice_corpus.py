@@ -119,7 +119,7 @@ def _render(family: str, spec: dict) -> np.ndarray:
     start = voices.index(spec["voice"])
     # a diphone voice lacking a sound of the word: the next voice of the same split (its speakers stay held out)
     order = [v for v in voices[start:] + voices[:start]
-             if len(voices) < VOICE_SPLIT_MIN or voice_split(voices.index(v), 0, len(voices)) == spec["split"]]
+             if voice_split(voices.index(v), spec["rendition"], len(voices)) == spec["split"]]
     for voice in order:
         try:
             wave = voice_families.synthesize(family, spec["text"], voice, tempo=spec["tempo"], pitch=spec["pitch"],

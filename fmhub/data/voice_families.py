@@ -136,11 +136,11 @@ def synthesize(family: str, word: str, voice: str, *, tempo: float = 1.0, pitch:
     if not 0.25 <= tempo <= 4.0:
         raise FmhubError(f"tempo must lie in [0.25, 4], got {tempo}")
     if family == "piper":
-        wave, rate = _piper().synthesize(word, tempo, int(variant))
+        wave, rate = _engine(_Piper).synthesize(word, tempo, int(variant))
     elif family == "mbrola":
         wave, rate = _mbrola(word, voice, tempo, pitch)
     elif family == "gnuspeech":
-        wave, rate = _gnuspeech().synthesize(word, voice, tempo, pitch)
+        wave, rate = _engine(_GnuSpeech).synthesize(word, voice, tempo, pitch)
     else:
         wave, rate = _pico(word, voice, tempo, pitch)
     wave = resample(np.clip(wave, -1.0, 1.0), rate, SAMPLE_RATE)
@@ -229,19 +229,6 @@ def _noise_as_inputs(model_path: Path) -> tuple[bytes, list[str]]:
     return model.SerializeToString(), names
 
 
-_PIPER_LOCK = threading.Lock()
-
-
-@functools.cache
-def _piper_cached() -> _Piper:
-    return _Piper()
-
-
-def _piper() -> _Piper:
-    with _PIPER_LOCK:  # build once, even when two threads ask at the same time
-        return _piper_cached()
-
-
 # -- gnuspeech --------------------------------------------------------------------------------------------------
 _GNUSPEECH_PACKAGE = "@echogarden/gnuspeech-wasm"
 _GNUSPEECH_WORKER = Path(__file__).with_name("engines") / "gnuspeech_worker.mjs"
@@ -316,17 +303,18 @@ class _GnuSpeech:
         self.folder.cleanup()
 
 
-_GNUSPEECH_LOCK = threading.Lock()
+_ENGINE_LOCK = threading.Lock()
 
 
 @functools.cache
-def _gnuspeech_cached() -> _GnuSpeech:
-    return _GnuSpeech()
+def _built(engine: type):
+    return engine()
 
 
-def _gnuspeech() -> _GnuSpeech:
-    with _GNUSPEECH_LOCK:
-        return _gnuspeech_cached()
+def _engine(engine: type):
+    """The one `engine` (`_Piper`, `_GnuSpeech`) of this process, built once even when two threads ask at once."""
+    with _ENGINE_LOCK:
+        return _built(engine)
 
 
 # -- mbrola and pico: command lines writing a WAV ----------------------------------------------------------------
