@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import json
 import os
 import sys
@@ -14,10 +13,8 @@ from pathlib import Path
 
 from fmhub.config import TrainConfig, load_yaml, resolve_config
 from fmhub.errors import FmhubError
-from fmhub.model_folder import OutputFolder, describe_write_error
+from fmhub.model_folder import WRITE_ERRNOS, OutputFolder, describe_write_error
 from fmhub.registry import list_scenarios
-
-WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -105,7 +105,10 @@ def _pil_to_rgb(im):
     from PIL import Image
 
     if im.mode in WIDE_MODES:
-        top = max(_top(np.asarray(strip)) for _, strip in _strips(im))  # the scale comes from the whole image
+        if im.mode == "F":  # NaN counts as 0: scanned a strip at a time
+            top = max(_top(np.asarray(strip)) for _, strip in _strips(im))
+        else:  # integers: Pillow knows the maximum without a copy
+            top = float(max(0, im.getextrema()[1]))  # the scale comes from the whole image
         return _convert_in_strips(im, lambda strip: Image.fromarray(_to_8bit(np.asarray(strip), top)))
     if (im.mode == "P" and "transparency" in im.info) or im.mode in ("RGBA", "LA", "PA"):
         return _convert_in_strips(im, _flatten_alpha)
@@ -191,7 +194,7 @@ def open_image(source):
     text = head.lstrip().lower()
     if text.startswith(b"<") and (b"<svg" in head.lower() or text.startswith(b"<?xml")):
         opened.close()
-        raise FmhubError("SVG (vector) images are not supported; please upload a PNG, JPEG, TIFF or BMP.")
+        raise FmhubError(f"SVG (vector) images are not supported; please upload one of {', '.join(FORMATS)}.")
     try:
         with opened as stream:  # closed once the pixels are in: nothing keeps the upload open
             with warnings.catch_warnings():

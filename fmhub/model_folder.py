@@ -140,9 +140,9 @@ class OutputFolder:
     included) does not count as fmhub's. One training run at a time holds `.fmhub-run.lock` (pid and host).
     """
 
-    def __init__(self, path: str | Path, flag: str = "--output-dir"):
+    def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
-        self.flag = flag
+        self.flag = "--output-dir"  # how messages name the folder: both train and spaces build take it so
 
     @property
     def marker(self) -> Path:
@@ -320,13 +320,18 @@ def write_errors(what: str):
         raise FmhubError(describe_write_error(err, what)) from None
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)
+WRITE_ERRNOS = DISK_FULL + NOT_ALLOWED  # the OSErrors that become one line saying what to do
+
+
 def describe_write_error(err: Exception, what: str) -> str:
     code = getattr(err, "errno", None)
     reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:200] or type(err).__name__
     where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-    if code in (errno.ENOSPC, errno.EDQUOT) or "space" in reason.lower():
+    if code in DISK_FULL or "space" in reason.lower():
         hint = "free some disk space or choose another folder"
-    elif code in (errno.EACCES, errno.EPERM, errno.EROFS) or "permission" in reason.lower():
+    elif code in NOT_ALLOWED or "permission" in reason.lower():
         hint = "check the folder's permissions or choose another folder"
     else:
         hint = "check the disk and the folder"

@@ -209,13 +209,11 @@ def _save_run(config, scenario, backbone, engine, processor, out, final, label_n
     }
     ModelFolder(out).write(manifest)
     write_model_card(out, scenario, config, results, manifest)
-    for ckpt in checkpoints.complete_checkpoints(out):
-        if final is not None:
-            shutil.rmtree(ckpt, ignore_errors=True)
+    if final is not None:  # the cached default keeps no checkpoints or best-weights copy
+        checkpoints.remove_run(out)
     OutputFolder(out).claim()  # the folder now holds this run's files only (also after a --resume)
     lock.release()  # before the swap or a push: the lock never leaves the folder it guards
     if final is not None:
-        (out / checkpoints.BEST).unlink(missing_ok=True)
         shutil.rmtree(out / "runs", ignore_errors=True)
         backup = final.parent / f".old-{scenario.name}-{os.getpid()}"
         if final.exists():

@@ -36,13 +36,20 @@ def public_model_name(ref: str | None) -> str:
     return _final_component(str(ref))
 
 
+@functools.lru_cache(maxsize=64)
+def _private_forms(model_ref: str) -> tuple[tuple[str, ...], str]:
+    """The ways a local model reference can appear in a message, and its public name (worked out once per model:
+    `public_text` runs on every reply)."""
+    return tuple({str(Path(model_ref).expanduser().resolve()), model_ref}), public_model_name(model_ref)
+
+
 def public_text(text, slot: ModelSlot | None = None) -> str:
     """`text` fit for the page: the slot's model reference by its public name, every other absolute path by its
     final component, tokens redacted, at most MAX_PUBLIC_CHARS. The full text belongs in the server log only."""
     text = redact(str(text))
     if slot is not None and slot.model_ref and not is_hub_id(slot.model_ref):
-        name = public_model_name(slot.model_ref)
-        for form in {str(Path(slot.model_ref).expanduser().resolve()), slot.model_ref}:
+        forms, name = _private_forms(slot.model_ref)
+        for form in forms:
             text = text.replace(form, name)
     text = _ABSOLUTE_PATH.sub(lambda m: _final_component(m.group(0)), text)
     return text if len(text) <= MAX_PUBLIC_CHARS else text[: MAX_PUBLIC_CHARS - 1] + "…"

@@ -120,10 +120,10 @@ def build_customer_service_tab(slot: ModelSlot) -> None:
         shown = (clean_text(text) if isinstance(text, str) else "") or "…"
         try:
             result = slot.get().predict([text if isinstance(text, str) else ""])[0]
-        except ModelLoadFailed as err:
-            answer, details_value = f"Sorry, I cannot answer right now: {public_text(err, slot)}.", None
-        except ModelNotReady as err:
-            answer, details_value = f"The model is not ready yet: {public_text(err, slot)}.", None
+        except ModelNotReady as err:  # ModelLoadFailed too
+            failed = isinstance(err, ModelLoadFailed)
+            opening = "Sorry, I cannot answer right now" if failed else "The model is not ready yet"
+            answer, details_value = f"{opening}: {public_text(err, slot)}.", None
         else:
             answer = format_reply(result)
             details_value = {k: result[k] for k in ("label", "intent", "score", "handoff")}

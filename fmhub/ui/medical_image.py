@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from fmhub.imaging import FORMATS
 from fmhub.registry import scenario_class
 from fmhub.ui.common import friendly_errors, public_text, summary_markdown
 from fmhub.ui.models import ModelSlot
@@ -44,7 +45,7 @@ def _notice_markdown(notice: str, result: dict | None = None) -> str:
 def build_medical_image_tab(slot: ModelSlot) -> None:
     notice_text = scenario_class(slot.scenario).notice
     gr.Markdown(
-        f"**{notice_text}** Upload an image (PNG, JPEG, TIFF, BMP, GIF, WebP) or pick an example: the model gives "
+        f"**{notice_text}** Upload an image ({', '.join(FORMATS)}) or pick an example: the model gives "
         "its class probabilities and a Grad-CAM heatmap of the region that drove the prediction. The embedded "
         "default model is trained on synthetic lesions drawn into real medical images and is not meant for diagnosis."
     )
