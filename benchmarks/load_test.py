@@ -84,14 +84,20 @@ def count_files(folder: Path) -> int:
 class Server:
     """`python app.py` in its own process, with an upload cache folder of its own (GRADIO_TEMP_DIR)."""
 
-    def __init__(self, models: dict[str, str], workdir: Path, port: int | None = None):
+    def __init__(self, models: dict[str, str], workdir: Path, port: int | None = None, prelude: str = ""):
+        """`prelude`: Python run in the server process before app.py (a benchmark's variant of a setting)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.cache = workdir / "gradio-cache"
         self.log_path = workdir / "server.log"
-        command = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(self.port)]
+        args = ["--host", "127.0.0.1", "--port", str(self.port)]
         for scenario, folder in models.items():
-            command += [f"--{scenario}-model", folder]
+            args += [f"--{scenario}-model", folder]
+        command = [sys.executable, str(ROOT / "app.py"), *args]
+        if prelude:
+            run_app = f"import runpy, sys; sys.argv = {[str(ROOT / 'app.py'), *args]!r}; " \
+                      f"runpy.run_path(sys.argv[0], run_name='__main__')"
+            command = [sys.executable, "-c", f"{prelude}\n{run_app}"]
         env = dict(os.environ, GRADIO_TEMP_DIR=str(self.cache), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
         self.command = command
         self._log = open(self.log_path, "wb")

@@ -289,6 +289,7 @@ def test_a_damaged_model_backs_off_other_tabs_keep_answering_and_a_repair_loads(
     from fmhub.data import intents
     from fmhub.ui import models
 
+    monkeypatch.setattr(models, "REFUSALS_PER_SECOND", 50.0)  # the back-off is tested here, the pacing below
     folder = private_copy(tiny_intent_model, tmp_path / SECRET / "cs-damaged")
     weights = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(weights[: len(weights) // 2])
@@ -338,6 +339,75 @@ def test_a_damaged_model_backs_off_other_tabs_keep_answering_and_a_repair_loads(
     history, _, details, summary = client.predict("where is my package", [], api_name="/chat")
     assert details["intent"] in intents.INTENTS and slot.load_attempts == 2, history
     assert "failed" not in summary and "cs-damaged" in summary and not leaks(summary, folder), summary
+
+
+def test_refusals_are_paced_and_a_refused_request_never_waits_long(tmp_path, monkeypatch):
+    """A slot whose model failed to load refuses at most REFUSALS_PER_SECOND requests a second, whoever asks: the
+    first refusal comes at once, the others wait their turn (at most MAX_REFUSAL_WAIT_SECONDS each), no load is
+    tried again within the back-off, and the wait holds no lock (status() answers meanwhile)."""
+    from fmhub.ui import models
+
+    monkeypatch.setattr(models, "REFUSALS_PER_SECOND", 10.0)
+    monkeypatch.setattr(models, "MAX_REFUSAL_WAIT_SECONDS", 0.35)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "fmhub.json").write_text("{ not json")
+    slot = models.ModelSlot("customer-service", str(damaged))
+    started = time.monotonic()
+    with pytest.raises(models.ModelLoadFailed):
+        slot.get()  # the load attempt itself
+    refused_at, lock = [], threading.Lock()
+
+    def ask() -> None:
+        asked = time.monotonic()
+        with pytest.raises(models.ModelLoadFailed, match="failed to load"):
+            slot.get()
+        with lock:
+            refused_at.append((asked, time.monotonic()))
+
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    status_started = time.monotonic()
+    assert slot.status().startswith("failed to load")  # no lock held by the waiting refusals
+    status_seconds = time.monotonic() - status_started
+    for t in threads:
+        t.join()
+    first_asked = min(asked for asked, _ in refused_at)
+    ends = sorted(end - first_asked for _, end in refused_at)
+    waits = [end - asked for asked, end in refused_at]
+    print(f"6 refusals after the failed load, at {[round(e, 3) for e in ends]} s; waits "
+          f"{[round(w, 3) for w in sorted(waits)]} s; status() {status_seconds * 1000:.1f} ms")
+    assert slot.load_attempts == 1
+    assert min(waits) < 0.1  # the first refusal at once
+    # turns are reserved 0.1 s apart, at most 0.35 s ahead: the k-th refusal comes 0.1 k s after the first request
+    # at the earliest (k < 4); the 5th and 6th wait the cap, not 0.4 and 0.5 s
+    assert all(end >= 0.1 * k - 1e-3 for k, end in enumerate(ends[:4])), ends
+    assert max(waits) < 0.35 + 1.0 and time.monotonic() - started < 10
+
+
+def test_the_queue_keeps_no_monitoring_summary():
+    """Gradio recomputes a pandas summary of its last 10,000 events after every event, for a monitoring page the
+    app keeps off; quiet_idle_queue stops that (12 % of the server's busy time for cheap requests)."""
+    import gradio as gr
+
+    from fmhub.ui.app import ANALYTICS_EVENTS_KEPT, quiet_idle_queue
+
+    with gr.Blocks() as demo:
+        box = gr.Textbox()
+        box.submit(lambda text: text, box, box, api_name="echo")
+    demo.queue()
+    quiet_idle_queue(demo)
+    queue = demo._queue
+    assert queue.ANALYTICS_MAX_EVENTS == ANALYTICS_EVENTS_KEPT and queue.ANAYLTICS_CACHE_FREQUENCY == sys.maxsize
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        assert [client.predict(f"hello {i}", api_name="/echo") for i in range(3)] == [f"hello {i}" for i in range(3)]
+        assert queue.cached_event_analytics_summary == {"functions": {}} and len(queue.event_analytics) <= 3
+    finally:
+        demo.close()
 
 
 def test_a_slow_download_blocks_neither_the_other_tab_nor_its_own_later_requests(
@@ -413,7 +483,9 @@ def test_request_size_limit_counts_bodies_sent_without_a_length():
 _HUB_DOWN = """
 import concurrent.futures, json, sys, threading, time
 from gradio_client import Client, handle_file
+from fmhub.ui import models
 from fmhub.ui.app import AppConfig, build_app, launch
+models.REFUSALS_PER_SECOND = 50.0  # the back-off is tested here; the pacing: test_refusals_are_paced...
 config = AppConfig(port=None, models={"customer-service": "tester/intents", "medical-image": sys.argv[1]},
                    scenarios=("customer-service", "medical-image"), bootstrap=False)
 demo, slots = build_app(config)

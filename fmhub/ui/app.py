@@ -102,16 +102,27 @@ def build_app(config: AppConfig | None = None) -> tuple[gr.Blocks, dict[str, Mod
     return demo, slots
 
 
+ANALYTICS_EVENTS_KEPT = 100  # Gradio keeps a record of each queued event for its monitoring page (off here)
+
+
 def quiet_idle_queue(demo: gr.Blocks, poll_seconds: float = 0.01) -> None:
-    """Poll the idle queue every 10 ms instead of Gradio's 1 ms (progress: 50 ms instead of 10 ms).
+    """Poll the idle queue every 10 ms instead of Gradio's 1 ms (progress: 50 ms instead of 10 ms), and stop the
+    queue's per-event monitoring summary.
 
     An idle Gradio 6 server otherwise wakes ~1,400 times a second and holds ~10 % of a core; on 2 cores that is CPU
     the models (and a first-run fine-tuning) do not get. Costs at most 10 ms of queueing delay on an idle server.
+    After every event Gradio also builds a pandas table of the last 10,000 events' records for the monitoring page
+    (which fmhub keeps off): 12 % of the server's busy time for cheap requests, growing with the records kept. Only
+    the last ANALYTICS_EVENTS_KEPT records are kept and the summary is never recomputed.
     """
     queue = getattr(demo, "_queue", None)
     if queue is not None and hasattr(queue, "sleep_when_free"):
         queue.sleep_when_free = max(queue.sleep_when_free, poll_seconds)
         queue.progress_update_sleep_when_free = max(getattr(queue, "progress_update_sleep_when_free", 0), 0.05)
+    if queue is not None and hasattr(queue, "ANAYLTICS_CACHE_FREQUENCY"):  # Gradio's spelling
+        queue.ANAYLTICS_CACHE_FREQUENCY = sys.maxsize
+        queue.ANALYTICS_MAX_EVENTS = min(getattr(queue, "ANALYTICS_MAX_EVENTS", ANALYTICS_EVENTS_KEPT),
+                                         ANALYTICS_EVENTS_KEPT)
 
 
 class RequestSizeLimit:

@@ -30,6 +30,8 @@ log = logging.getLogger("fmhub.app")
 
 LOAD_RETRY_SECONDS = 30.0  # after a failed load or fine-tune, at most one new attempt per slot in this time
 LOAD_WAIT_SECONDS = 20.0  # a request that finds its model loading waits this long for it, then is told to come back
+REFUSALS_PER_SECOND = 0.5  # a slot that cannot answer refuses at most this many requests a second...
+MAX_REFUSAL_WAIT_SECONDS = 5.0  # ...each waiting its turn for at most this long (the first one does not wait)
 MAX_LOGGED_CHARS = 4000  # one failure never writes more than this to the server log (a traceback is cut in the middle)
 
 
@@ -62,6 +64,7 @@ class ModelSlot:
         self.load_error: str | None = None  # the last load failed (why, one line); None once loaded
         self.load_attempts = 0
         self._predictor = None
+        self._next_refusal = 0.0  # time.monotonic() from which the next refusal may be answered
         self._loading: threading.Event | None = None  # set while a load runs; other requests wait on it
         self._lock = threading.Lock()  # guards the fields above only, never held across a load
 
@@ -104,23 +107,38 @@ class ModelSlot:
             return self._predictor
         if not self.cached():
             if self.error and not self.preparing and self.retry_in() > 0:
-                raise ModelLoadFailed(f"preparing the model failed ({self.error}); {self._retry_words()}")
+                self._refuse(ModelLoadFailed(f"preparing the model failed ({self.error}); {self._retry_words()}"))
             BOOTSTRAP.request(self)
-            raise ModelNotReady(f"preparing the model, {int(self.fraction * 100)}% - please try again shortly")
+            self._refuse(ModelNotReady(f"preparing the model, {int(self.fraction * 100)}% - please try again shortly"))
+        failed = None
         with self._lock:
             if self._predictor is not None:
                 return self._predictor
             loading = self._loading
             if loading is None:
                 if self.load_error and self.retry_in() > 0:
-                    raise ModelLoadFailed(f"the model failed to load ({self.load_error}); {self._retry_words()}")
-                self._loading = threading.Event()
-                self.load_attempts += 1
+                    failed = ModelLoadFailed(f"the model failed to load ({self.load_error}); {self._retry_words()}")
+                else:
+                    self._loading = threading.Event()
+                    self.load_attempts += 1
+        if failed is not None:
+            self._refuse(failed)
         if loading is not None:  # someone else is loading it: wait for that load, holding no lock
             if not loading.wait(LOAD_WAIT_SECONDS):
                 raise ModelNotReady("the model is still loading - please try again in a moment")
             return self.get()
         return self._load()
+
+    def _refuse(self, err: ModelNotReady):
+        """Raise `err` once this slot's turn to refuse comes: refusals are paced at REFUSALS_PER_SECOND, so clients
+        that retry in a loop cannot keep the cores busy with answers that the model cannot help (no lock held)."""
+        with self._lock:
+            now = time.monotonic()
+            turn = max(now, min(self._next_refusal, now + MAX_REFUSAL_WAIT_SECONDS))
+            self._next_refusal = turn + 1.0 / REFUSALS_PER_SECOND
+        if turn > now:
+            time.sleep(turn - now)
+        raise err
 
     def _load(self):
         from fmhub.errors import FmhubError
