@@ -2,7 +2,7 @@
 Hub answering 503 must not slow the rest of the app down).
 
     python benchmarks/failing_model.py --output benchmarks/results/failing_model.json
-    python benchmarks/failing_model.py --quick            # tiny random models, one round: a couple of minutes
+    python benchmarks/failing_model.py --quick            # tiny random models, one short round: about a minute
 
 The server runs `python app.py` in its own process; its customer-service model is a Hub id while the Hub cannot be
 reached (`HF_HUB_OFFLINE=1`), so every load fails; the medical and voice tabs get the cached fine-tuned defaults
@@ -127,11 +127,12 @@ def main(argv=None) -> int:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from: " + ", ".join(SYSTEMS))
     parser.add_argument("--medical-image-model", help="folder (default: the cached default, else a stand-in)")
     parser.add_argument("--voice-command-model", help="folder (default: the cached default, else a stand-in)")
-    parser.add_argument("--quick", action="store_true", help="tiny random models, one round")
+    parser.add_argument("--quick", action="store_true", help="tiny random models, one round, 12 requests, 10 calls")
     parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--work-dir", help="models, inputs and server logs go here (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds = 1
+        args.rounds, args.requests, args.calls = 1, min(args.requests, 12), min(args.calls, 10)
     systems = [s for s in args.systems.split(",") if s]
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown:
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     info = machine()
     print_header("A failing model and the other tabs' latency", info)
     with tempfile.TemporaryDirectory(prefix="fmhub-failing-") as tmp:
-        work = Path(tmp)
+        work = Path(args.work_dir or tmp)
         given = {"medical-image": args.medical_image_model, "voice-command": args.voice_command_model}
         resolved = resolve_models(given, work, args.quick, scenarios=("medical-image", "voice-command"))
         models = {scenario: r["folder"] for scenario, r in resolved.items()}

@@ -98,3 +98,14 @@ def test_footprint_quick(tmp_path):
     assert all(is_number(tab["first_request_s"]) and is_number(tab["rss_mb"]) for tab in run["tabs"].values())
     rows = table_rows(stdout, "measure")
     assert rows[0][0].startswith("cold start") and any("all three tabs" in row[0] for row in rows)
+
+
+def test_failing_model_quick(tmp_path):
+    """Each system answered every chat request with a refusal and the medical tab kept answering throughout."""
+    stdout, report = run_quick("failing_model", tmp_path)
+    assert "| round | system |" in stdout
+    assert [r["system"] for r in report["rows"]] == ["fmhub", "unpaced", "unpaced+analytics"]
+    for row in report["rows"]:
+        assert row["chat_failed_replies"] == row["chat_requests"] == 12
+        assert row["calls_before"] == 10 and row["calls_during"] >= 10
+        assert 0 < row["p50_before_ms"] <= row["p95_before_ms"] and row["p95_ratio"] > 0
