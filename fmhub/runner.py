@@ -163,6 +163,9 @@ def _train(config, scenario, backbone, out, final, accelerator, lock, progress, 
     if config.temperature_scaling:
         keep = val_labels >= 0
         settings["temperature"] = fit_temperature(val_probs[keep], val_labels[keep])
+    if accelerator.is_main_process:
+        settings.update(scenario.calibrate_model(accelerator.unwrap_model(engine.model), processor, data, config,
+                                                 settings))
     test_dl = accelerator.prepare(build_dataloader(test_ds, config, collate, train=False))
     test_probs, test_labels = predict_probs(engine.model, test_dl, accelerator, settings.get("temperature", 1.0))
     results = evaluate_probs(scenario, test_probs, test_labels, label_names, settings)
@@ -193,6 +196,8 @@ def _save_run(config, scenario, backbone, engine, processor, out, final, label_n
     accelerator = engine.accelerator
     unwrapped = accelerator.unwrap_model(engine.model)
     scenario.save_model(unwrapped, processor, out, label_names)
+    scenario.save_model_extras(out, settings)
+    settings = {k: v for k, v in settings.items() if not k.startswith("_")}
     config.save(out / "train_config.yaml")
     reports.write_evaluation(results, out)
     reports.plot_training_curves(result.history, out / "training_curves.png", config.metric_for_best_model)
@@ -234,6 +239,7 @@ def evaluate(
     settings = ModelFolder(folder).read()
     if settings.get("scenario") != scenario.name:
         raise FmhubError(f"{folder} is a {settings.get('scenario')} model, not {scenario.name}")
+    settings.update(scenario.load_model_extras(folder))
     label_names = settings["label_names"]
     config = TrainConfig(
         scenario=scenario.name,

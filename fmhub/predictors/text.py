@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from fmhub.errors import FmhubError
+from fmhub.ood import DistanceScorer
 from fmhub.predictors.base import Predictor
 
 MAX_TEXT_CHARS = 2000  # server-side cap before tokenization; the tokenizer also truncates to the model maximum
@@ -39,27 +40,43 @@ class TextIntentPredictor(Predictor):
     def __init__(self, folder: Path, scenario):
         super().__init__(folder, scenario)
         self.threshold = float(self.settings.get("oos_threshold", 0.0))
+        # the distance-based score (fmhub.ood), when the model was trained with one
+        self.distance = DistanceScorer.load(self.folder) if "ood_threshold" in self.settings else None
+        self.distance_threshold = float(self.settings.get("ood_threshold", float("inf")))
         self.faq = self.settings.get("faq") or {}
         self.max_length = min(int(getattr(self.processor, "model_max_length", 512) or 512), 512)
 
-    @torch.no_grad()
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        out = []
+        return self.probs_and_distances(texts, batch_size, distances=False)[0]
+
+    @torch.no_grad()
+    def probs_and_distances(self, texts: list[str], batch_size: int = 64, distances: bool = True
+                            ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities [N, C] and, when the model has a distance score, each message's distance [N] (one
+        forward: the features are the last hidden state averaged over the message's tokens, as in training)."""
+        use_distance = distances and self.distance is not None
+        probs, features = [], []
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
             enc = self.processor(chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
             with self._lock:
-                logits = self.model(**enc).logits.float()
-            out.append((logits / self.temperature).softmax(-1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.label_names)))
+                out = self.model(**enc, output_hidden_states=use_distance)
+            probs.append((out.logits.float() / self.temperature).softmax(-1).numpy())
+            if use_distance:
+                mask = enc["attention_mask"].unsqueeze(-1).to(out.hidden_states[-1].dtype)
+                features.append(((out.hidden_states[-1] * mask).sum(1) / mask.sum(1).clamp(min=1)).float().numpy())
+        all_probs = np.concatenate(probs) if probs else np.zeros((0, len(self.label_names)))
+        if not use_distance:
+            return all_probs, None
+        return all_probs, self.distance.score(np.concatenate(features)) if features else np.zeros(0)
 
     def predict(self, texts: list[str]) -> list[dict]:
         cleaned = [clean_text(t) for t in texts]
         results: list[dict | None] = [None] * len(cleaned)
         todo = [i for i, t in enumerate(cleaned) if t]
-        probs = self.predict_proba([cleaned[i] for i in todo]) if todo else []
-        for i, p in zip(todo, probs):
-            results[i] = self._decide(p)
+        probs, distances = self.probs_and_distances([cleaned[i] for i in todo]) if todo else ([], None)
+        for n, (i, p) in enumerate(zip(todo, probs)):
+            results[i] = self._decide(p, None if distances is None else float(distances[n]))
         for i, t in enumerate(cleaned):
             if not t:
                 results[i] = {
@@ -72,10 +89,13 @@ class TextIntentPredictor(Predictor):
                 }
         return results
 
-    def _decide(self, probs: np.ndarray) -> dict:
+    def _decide(self, probs: np.ndarray, distance: float | None = None) -> dict:
         best = int(probs.argmax())
         intent, score = self.label_names[best], float(probs[best])
-        out_of_scope = score < self.threshold
+        far = distance is not None and distance > self.distance_threshold
+        out_of_scope = score < self.threshold or far
+        # what decided: the confidence under its threshold first, else the distance over its threshold
+        decided_by = None if not out_of_scope else ("confidence" if score < self.threshold else "distance")
         label = "out_of_scope" if out_of_scope else intent
         handoff = out_of_scope or intent == "human_agent"
         if out_of_scope:
@@ -89,4 +109,11 @@ class TextIntentPredictor(Predictor):
             "intent": intent,
             "answer": answer,
             "handoff": handoff,
+            "out_of_scope": {
+                "decided_by": decided_by,
+                "confidence": round(score, 6),
+                "confidence_threshold": round(self.threshold, 6),
+                "distance": None if distance is None else round(distance, 3),
+                "distance_threshold": None if self.distance is None else round(self.distance_threshold, 3),
+            },
         }

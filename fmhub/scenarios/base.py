@@ -89,6 +89,19 @@ class Scenario:
         """Settings fitted on validation predictions (thresholds, ...); stored in the folder's manifest."""
         return {}
 
+    def calibrate_model(self, model, processor, data, config: TrainConfig, settings: dict) -> dict:
+        """More settings fitted with the trained model itself on the training and validation splits (a
+        distance-based out-of-scope score, ...), after `calibrate`. Keys starting with "_" hold arrays: they are
+        written by `save_model_extras`, never into the manifest."""
+        return {}
+
+    def save_model_extras(self, folder: Path, settings: dict) -> None:
+        """Write what `calibrate_model` fitted beyond plain settings into the model folder."""
+
+    def load_model_extras(self, folder: Path) -> dict:
+        """The settings `save_model_extras` wrote, read back (for `fmhub evaluate`)."""
+        return {}
+
     def score_predictions(self, probs: np.ndarray, labels: np.ndarray, settings: dict, label_names: list[str]) -> dict:
         """Scenario metrics from the test predictions, beyond the shared ones (out-of-scope recall, ...)."""
         return {}

@@ -17,6 +17,39 @@ if TYPE_CHECKING:
     from fmhub.config import TrainConfig
 
 
+OOD_ARRAYS = "_ood_arrays"  # settings key of the distance score's arrays: saved as a file, never in the manifest
+
+
+def _softmax(logits):
+    import numpy as np
+
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def oos_metrics(probs, labels, accept, near_miss=None) -> dict:
+    """In-scope accuracy after the out-of-scope decision (`accept`: answered as in scope), out-of-scope recall
+    (overall; near-miss and ordinary apart when `near_miss` marks any row) and 13-way accuracy."""
+    import numpy as np
+
+    inside, out = labels >= 0, {}
+    if inside.any():
+        out["in_scope_accuracy_with_oos"] = float((accept & (probs.argmax(1) == labels))[inside].mean())
+    if (~inside).any():
+        out["oos_recall"] = float((~accept)[~inside].mean())
+        out["oos_examples"] = int((~inside).sum())
+        if near_miss is not None and near_miss.any():
+            ordinary = ~inside & ~near_miss
+            out["near_miss_oos_recall"] = float((~accept)[near_miss].mean())
+            out["near_miss_oos_examples"] = int(near_miss.sum())
+            if ordinary.any():
+                out["ordinary_oos_recall"] = float((~accept)[ordinary].mean())
+        pred = np.where(accept, probs.argmax(1), -1)  # 13-way: the 12 intents plus out_of_scope as one more class
+        out["accuracy_with_oos"] = float((pred == labels).mean())
+    return out
+
+
 class CustomerService(Scenario):
     name = "customer-service"
     title = "Customer service"
@@ -130,20 +163,65 @@ class CustomerService(Scenario):
 
     def score_predictions(self, probs: np.ndarray, labels: np.ndarray, settings: dict, label_names: list[str]
                           ) -> dict:
+        """Confidence alone (a model with a distance score is scored again, as served, by score_model)."""
+        threshold = settings.get("oos_threshold", 0.0)
+        return {"oos_threshold": threshold, **oos_metrics(probs, labels, probs.max(axis=1) >= threshold)}
+
+    def calibrate_model(self, model, processor, data, config: TrainConfig, settings: dict) -> dict:
+        """The distance-based out-of-scope score (`fmhub.ood`): fitted on the training split's in-scope rows, its
+        threshold calibrated on validation together with the confidence threshold already chosen."""
         import numpy as np
 
-        threshold = settings.get("oos_threshold", 0.0)
-        accept = probs.max(axis=1) >= threshold
-        inside = labels >= 0
-        out = {"oos_threshold": threshold}
-        if inside.any():
-            out["in_scope_accuracy_with_oos"] = float((accept & (probs.argmax(1) == labels))[inside].mean())
-        if (~inside).any():
-            out["oos_recall"] = float((~accept)[~inside].mean())
-            out["oos_examples"] = int((~inside).sum())
-            # 13-way accuracy: the 12 intents plus out_of_scope as one more class
-            pred = np.where(accept, probs.argmax(1), -1)
-            out["accuracy_with_oos"] = float((pred == labels).mean())
+        from fmhub.ood import DistanceScorer, calibrate_distance, logits_and_features
+
+        train, val = data["train"], data["validation"]
+        train_labels = np.asarray(train["label"])
+        keep = [i for i, y in enumerate(train_labels) if y >= 0]
+        _, train_features = logits_and_features(model, processor, [train["text"][i] for i in keep], config.max_length)
+        scorer = DistanceScorer.fit(train_features, train_labels[keep], model.config.num_labels)
+        logits, features = logits_and_features(model, processor, list(val["text"]), config.max_length)
+        labels = np.asarray(val["label"])
+        probs = _softmax(logits)
+        accepted = probs.max(1) >= settings.get("oos_threshold", 0.0)
+        threshold, how = calibrate_distance(scorer.score(features), probs.argmax(1) == labels, accepted, labels >= 0)
+        return {"ood_method": "mahalanobis", "ood_threshold": threshold, "ood_calibration": how,
+                OOD_ARRAYS: scorer.to_arrays()}
+
+    def load_model_extras(self, folder: Path) -> dict:
+        from fmhub.ood import DistanceScorer
+
+        scorer = DistanceScorer.load(folder)
+        return {} if scorer is None else {OOD_ARRAYS: scorer.to_arrays()}
+
+    def save_model_extras(self, folder: Path, settings: dict) -> None:
+        from fmhub.ood import DistanceScorer
+
+        arrays = settings.get(OOD_ARRAYS)
+        if arrays is not None:
+            DistanceScorer(arrays["means"], arrays["precision"]).save(folder)
+
+    def score_model(self, model, processor, split, config: TrainConfig, settings: dict) -> dict:
+        """The out-of-scope decision as served (confidence or distance) on the test split, next to confidence alone;
+        the embedded near-miss messages are also scored on their own."""
+        import numpy as np
+
+        from fmhub.ood import DistanceScorer, logits_and_features
+
+        if not len(split):
+            return {}
+        texts, labels = list(split["text"]), np.asarray(split["label"])
+        logits, features = logits_and_features(model, processor, texts, config.max_length)
+        probs = _softmax(logits / settings.get("temperature", 1.0))
+        by_confidence = probs.max(1) >= settings.get("oos_threshold", 0.0)
+        near = np.asarray(intents.is_near_miss(texts)) & (labels < 0)
+        arrays = settings.get(OOD_ARRAYS)
+        if arrays is None:  # a model without the distance score (trained before it existed): confidence alone
+            return oos_metrics(probs, labels, by_confidence, near)
+        distances = DistanceScorer(arrays["means"], arrays["precision"]).score(features)
+        accepted = by_confidence & (distances <= settings.get("ood_threshold", float("inf")))
+        out = {}
+        for suffix, accept in (("", accepted), ("_confidence_only", by_confidence)):
+            out.update({f"{k}{suffix}": v for k, v in oos_metrics(probs, labels, accept, near).items()})
         return out
 
     def load_eval_split(self, config: TrainConfig, label_names: list[str]):

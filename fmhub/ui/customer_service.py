@@ -128,6 +128,7 @@ def build_customer_service_tab(slot: ModelSlot) -> None:
             answer = format_reply(result)
             details_value = {k: result[k] for k in ("label", "intent", "score", "handoff")}
             details_value["top_scores"] = dict(sorted(result["scores"].items(), key=lambda kv: -kv[1])[:3])
+            details_value["out_of_scope"] = result.get("out_of_scope")  # its scores, thresholds and what decided
         history += [{"role": "user", "content": shown}, {"role": "assistant", "content": answer}]
         return history[-2 * MAX_HISTORY_TURNS :], "", details_value, summary_markdown(slot)
 
