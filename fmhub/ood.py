@@ -19,6 +19,7 @@ import torch
 STATS_FILE = "ood_stats.safetensors"
 SHRINKAGE = 0.1  # weight of the average variance in the shared covariance
 BATCH = 64
+MAX_REFUSED_BY_DISTANCE = 0.01  # share of correct in-scope validation answers the distance may refuse
 
 
 @torch.no_grad()
@@ -102,7 +103,7 @@ class DistanceScorer:
 
 def calibrate_distance(distances: np.ndarray, correct: np.ndarray, accepted: np.ndarray, inside: np.ndarray
                        ) -> tuple[float, str]:
-    """The distance threshold, from validation: among thresholds that reject at most 2 % of the correct in-scope
+    """The distance threshold, from validation: among thresholds that reject at most 1 % of the correct in-scope
     answers the confidence threshold accepts, the one with the best balanced score (in-scope answers kept correct,
     out-of-scope messages refused by either test); with no out-of-scope validation rows, the 99th percentile of the
     correct answers' distances. Returns (threshold, how it was chosen)."""
@@ -112,7 +113,7 @@ def calibrate_distance(distances: np.ndarray, correct: np.ndarray, accepted: np.
     if not (~inside).any():
         return float(np.quantile(good, 0.99)), "99th percentile of correct in-scope validation answers"
     best, threshold = -1.0, float("inf")
-    for q in np.linspace(0.98, 1.0, 21):
+    for q in np.linspace(1.0 - MAX_REFUSED_BY_DISTANCE, 1.0, 11):
         t = float(np.quantile(good, q))
         keep = accepted & (distances <= t)
         in_ok = (keep & correct)[inside].mean()

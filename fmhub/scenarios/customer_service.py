@@ -243,14 +243,15 @@ class CustomerService(Scenario):
             "datasets": [] if data_source is None else [data_source],
             "data_description": (
                 "fmhub's embedded customer-service intent set: about 1,750 English customer messages written by the "
-                "fmhub team over 12 intents, plus about 400 out-of-scope messages used for outlier exposure and to "
-                "calibrate the out-of-scope threshold."
+                "fmhub team over 12 intents, plus about 400 ordinary out-of-scope messages and 214 near-miss ones "
+                "(other businesses' deliveries, returns, accounts, payments), used for outlier exposure and to "
+                "calibrate the out-of-scope thresholds."
                 if data_source is None
                 else f"`{data_source}`"
             ),
             "intended_use": "Intent detection for an online shop's chat assistant, with FAQ answers and a hand-off "
             "to a human for `human_agent` and out-of-scope messages.",
             "limitations": "English only; trained on short chat messages about orders, delivery, payments and "
-            "accounts. Messages outside these topics should fall below the out-of-scope threshold, "
-            "but no threshold is perfect: keep the human hand-off.",
+            "accounts. Messages outside these topics should fall below the confidence threshold or lie beyond "
+            "the distance threshold, but no threshold is perfect: keep the human hand-off.",
         }
