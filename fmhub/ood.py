@@ -22,6 +22,12 @@ BATCH = 64
 MAX_REFUSED_BY_DISTANCE = 0.01  # share of correct in-scope validation answers the distance may refuse
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
+    """[B, T, H] hidden states averaged over each row's real tokens -> [B, H] float32: the score's features."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu().numpy()
+
+
 @torch.no_grad()
 def logits_and_features(model, tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """(logits [N, C], features [N, H]) of a sequence classifier: one forward per batch, the features being the last
@@ -35,10 +41,8 @@ def logits_and_features(model, tokenizer, texts: list[str], max_length: int) -> 
             enc = tokenizer(texts[start : start + BATCH], truncation=True, max_length=max_length, padding=True,
                             return_tensors="pt").to(device)
             out = model(**enc, output_hidden_states=True)
-            mask = enc["attention_mask"].unsqueeze(-1).to(out.hidden_states[-1].dtype)
-            pooled = (out.hidden_states[-1] * mask).sum(1) / mask.sum(1).clamp(min=1)
             logits.append(out.logits.float().cpu().numpy())
-            features.append(pooled.float().cpu().numpy())
+            features.append(mean_pool(out.hidden_states[-1], enc["attention_mask"]))
     finally:
         model.train(was_training)
     width = getattr(getattr(model, "config", None), "hidden_size", 0)

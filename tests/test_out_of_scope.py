@@ -193,7 +193,7 @@ def test_a_user_set_without_out_of_scope_rows_still_refuses_ordinary_and_near_mi
               "in_scope_accuracy_with_oos": in_scope_ok}
     print("user set without out-of-scope rows:", {k: round(float(v), 3) for k, v in report.items()},
           f"({len(ordinary)} ordinary, {len(near)} near-miss, {len(inside)} in-scope test messages)")
-    # measured: ordinary 0.911 (0.806 by confidence alone), near-miss 0.641 (0.438), in-scope 0.828
+    # measured: ordinary 0.911 (0.806 by confidence alone), near-miss 0.683 (0.452), in-scope 0.828
     assert report["ordinary"] >= 0.85 and report["ordinary"] > report["ordinary_confidence_only"]
     assert report["near_miss"] >= 0.55 and report["near_miss"] > report["near_miss_confidence_only"]
     assert in_scope_ok >= 0.75

@@ -94,7 +94,7 @@ def is_near_miss(texts: list[str]) -> list[bool]:
 
 def load_embedded_intents(seed: int = 0) -> dict[str, list[dict]]:
     """The shipped data set: ~1,750 utterances over the 12 intents, ~400 ordinary out-of-scope messages (weather,
-    jokes, trivia) and ~210 near-miss ones (other businesses' and services' deliveries, returns, accounts, payments,
+    jokes, trivia) and ~420 near-miss ones (other businesses' and services' deliveries, returns, accounts, payments,
     addresses and cancellations), each out-of-scope kind split 40/30/30 on its own."""
     rows = read_jsonl(package_data("customer_service", "intents.jsonl"))
     splits = split_rows(rows, seed=seed)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fmhub.errors import FmhubError
-from fmhub.ood import DistanceScorer
+from fmhub.ood import DistanceScorer, mean_pool
 from fmhub.predictors.base import Predictor
 
 MAX_TEXT_CHARS = 2000  # server-side cap before tokenization; the tokenizer also truncates to the model maximum
@@ -63,8 +63,7 @@ class TextIntentPredictor(Predictor):
                 out = self.model(**enc, output_hidden_states=use_distance)
             probs.append((out.logits.float() / self.temperature).softmax(-1).numpy())
             if use_distance:
-                mask = enc["attention_mask"].unsqueeze(-1).to(out.hidden_states[-1].dtype)
-                features.append(((out.hidden_states[-1] * mask).sum(1) / mask.sum(1).clamp(min=1)).float().numpy())
+                features.append(mean_pool(out.hidden_states[-1], enc["attention_mask"]))
         all_probs = np.concatenate(probs) if probs else np.zeros((0, len(self.label_names)))
         if not use_distance:
             return all_probs, None

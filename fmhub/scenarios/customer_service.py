@@ -243,9 +243,9 @@ class CustomerService(Scenario):
             "datasets": [] if data_source is None else [data_source],
             "data_description": (
                 "fmhub's embedded customer-service intent set: about 1,750 English customer messages written by the "
-                "fmhub team over 12 intents, plus about 400 ordinary out-of-scope messages and 214 near-miss ones "
-                "(other businesses' deliveries, returns, accounts, payments), used for outlier exposure and to "
-                "calibrate the out-of-scope thresholds."
+                "fmhub team over 12 intents, plus about 400 ordinary out-of-scope messages and about 420 "
+                "near-miss ones (other businesses' deliveries, returns, accounts, payments), used for outlier "
+                "exposure and to calibrate the out-of-scope thresholds."
                 if data_source is None
                 else f"`{data_source}`"
             ),
