@@ -7,6 +7,7 @@ calibrate the out-of-scope threshold, in test they measure out-of-scope recall.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import random
 import re
@@ -82,9 +83,10 @@ def _oos_rows(name: str) -> list[dict]:
     return [{"text": r["text"], "label": OUT_OF_SCOPE} for r in read_jsonl(package_data("customer_service", name))]
 
 
-def near_miss_keys() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def near_miss_keys() -> frozenset[str]:
     """The embedded near-miss messages (normalised), to score them apart from ordinary out-of-scope ones."""
-    return {_key(r["text"]) for r in read_jsonl(package_data("customer_service", NEAR_MISS_FILE))}
+    return frozenset(_key(r["text"]) for r in read_jsonl(package_data("customer_service", NEAR_MISS_FILE)))
 
 
 def is_near_miss(texts: list[str]) -> list[bool]:
