@@ -17,6 +17,48 @@ CARD_METRICS = {
     "macro_recall": ("recall", "macro"), "roc_auc": ("roc_auc", "macro, one-vs-rest"), "ece": ("ece", None),
 }
 _RUN_KEYS = ("num_examples", "train_seconds", "train_steps", "num_processes")
+EXPORT_START, EXPORT_END = "<!-- fmhub:onnx -->", "<!-- /fmhub:onnx -->"
+
+
+def export_section(report: dict) -> str:
+    """The card's "ONNX export" section from `onnx/export.json` (`fmhub.export`)."""
+    rows = []
+    for name, info in report["files"].items():
+        p = info["parity"]
+        served = " (served by `--runtime onnx`)" if name == report.get("serve") else ""
+        rows.append(f"| `onnx/{name}`{served} | {info['quantization']} | {info['bytes'] / 1e6:.1f} MB | "
+                    f"{p['top_label_agreement']:.4f} | {p['max_probability_difference']:.4g} | "
+                    f"{_number(p.get('accuracy_onnx'))} |")
+    notes = "".join(f"\n- {n}" for n in report.get("notes") or [])
+    return f"""{EXPORT_START}
+## ONNX export
+Exported with `torch.onnx` (opset {report['opset']}) and quantized with `onnxruntime.quantization`; parity with the
+PyTorch model on {next(iter(report['files'].values()))['parity']['examples']} test examples
+({report.get('parity_data')}):
+
+| file | weights | size | top-label agreement | largest probability difference | accuracy |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+{notes}
+```bash
+fmhub predict --scenario {report['scenario']} --model {REPO_PLACEHOLDER} --runtime onnx --input-file in.jsonl --output out.jsonl
+```
+{EXPORT_END}
+"""
+
+
+def update_card_export(folder: Path, report: dict) -> None:
+    """Put (or replace) the export section in the folder's README.md, before its citation."""
+    path = Path(folder) / "README.md"
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    if EXPORT_START in text and EXPORT_END in text:
+        head, rest = text.split(EXPORT_START, 1)
+        text = head + rest.split(EXPORT_END, 1)[1].lstrip("\n")
+    section = export_section(report) + "\n"
+    text = text.replace("## Citation", section + "## Citation", 1) if "## Citation" in text else text + "\n" + section
+    path.write_text(text, encoding="utf-8")
 
 
 def write_model_card(folder: Path, scenario, config, results: dict, manifest: dict) -> None:

@@ -1,4 +1,4 @@
-"""`fmhub` command line: train | evaluate | predict | push | serve | spaces. Also `python -m fmhub`."""
+"""`fmhub` command line: train | evaluate | predict | export | push | serve | spaces. Also `python -m fmhub`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from fmhub.config import TrainConfig, load_yaml, resolve_config
 from fmhub.errors import FmhubError
 from fmhub.model_folder import WRITE_ERRNOS, OutputFolder, describe_write_error
 from fmhub.registry import list_scenarios
+
+RUNTIMES = ("torch", "onnx")  # fmhub.export.RUNTIMES, without importing torch for --help
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,12 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="Hub dataset id, folder or file (default: the embedded test split)")
     evaluate.add_argument("--output-dir", help="where the metrics go (default: ./fmhub_eval/<scenario>)")
     evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--runtime", choices=RUNTIMES, default=None,
+                          help="torch (default) or onnx: the folder's ONNX export on ONNX Runtime (`fmhub export`)")
 
     predict = sub.add_parser("predict", help="label a JSONL file of inputs")
     predict.add_argument("--scenario", choices=scenarios, required=True)
     predict.add_argument("--model", help="saved folder or Hub id (default: the cached embedded default)")
     predict.add_argument("--input-file", required=True, help='JSONL: {"text": ...} or {"path": ...} per line')
     predict.add_argument("--output", required=True, help="JSONL written with one result per input line")
+    predict.add_argument("--runtime", choices=RUNTIMES, default=None,
+                         help="torch (default) or onnx: the folder's ONNX export on ONNX Runtime (`fmhub export`)")
+
+    export = sub.add_parser("export", help="write onnx/model.onnx and the int8 onnx/model_quantized.onnx into a "
+                                           "saved model folder, checked against PyTorch on the test split")
+    export.add_argument("--model", required=True, help="saved model folder")
+    export.add_argument("--quantize", choices=("int8", "none"), default="int8",
+                        help="int8 (default; falls back to fp32 when it disagrees with PyTorch) or none")
+    export.add_argument("--data", help="data for the parity check (default: the model's own test split)")
 
     push = sub.add_parser("push", help="push a saved model folder to the Hugging Face Hub")
     push.add_argument("--model", required=True, help="saved model folder")
@@ -89,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the hub app (same as python app.py)")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--runtime", choices=RUNTIMES, default=None, help="torch (default) or onnx")
     for name in scenarios:
         serve.add_argument(f"--{name}-model", help=f"folder or Hub id for the {name} tab")
     return parser
@@ -118,7 +132,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from fmhub.runner import evaluate
 
     folder = model_folder_for(args.model, args.scenario)
-    results = evaluate(args.scenario, folder, args.data, args.output_dir, args.batch_size)
+    results = evaluate(args.scenario, folder, args.data, args.output_dir, args.batch_size, args.runtime)
     if "output_dir" in results:
         summary = {
             **headline(results),
@@ -155,12 +169,21 @@ def run_predict(args: argparse.Namespace) -> int:
 
     scenario = get_scenario(args.scenario)
     items = read_inputs(Path(args.input_file), scenario.input_key)
-    predictor = load_predictor(args.scenario, args.model)
+    predictor = load_predictor(args.scenario, args.model, args.runtime)
     results = predictor.predict(items)
     with open(args.output, "w", encoding="utf-8") as fh:
         for result in results:
             fh.write(json.dumps(result, ensure_ascii=False) + "\n")
     print(f"{len(results)} predictions written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from fmhub.export import export_model
+
+    report = export_model(Path(args.model), quantize=args.quantize, data=args.data)
+    print(json.dumps({name: {"bytes": info["bytes"], "quantization": info["quantization"], **info["parity"]}
+                      for name, info in report["files"].items()}, indent=2))
     return 0
 
 
@@ -194,6 +217,7 @@ COMMANDS = {
     "train": run_train,
     "evaluate": run_evaluate,
     "predict": run_predict,
+    "export": run_export,
     "push": run_push,
     "spaces": run_spaces,
     "serve": run_serve,

@@ -21,6 +21,7 @@ CHOICES = {
     "report_to": ("auto", "none", "tensorboard", "wandb"),
     "class_weights": ("none", "auto"),
     "nan_policy": ("stop", "skip"),
+    "export": ("none", "onnx"),
 }
 
 
@@ -96,6 +97,8 @@ class TrainConfig:
     )
     nan_policy: str = field(default="stop", metadata={"help": "stop | skip: what a NaN/Inf loss does"})
 
+    export: str = field(default="none", metadata={"help": "none | onnx: also write onnx/model.onnx and the int8 "
+                                                          "onnx/model_quantized.onnx at the end (`fmhub export`)"})
     push_to_hub: bool = field(default=False, metadata={"help": "push the saved model to the Hub at the end"})
     hub_repo_id: str | None = field(default=None, metadata={"help": "user/name for --push-to-hub"})
     hub_private: bool = field(default=False, metadata={"help": "create the Hub repo private"})

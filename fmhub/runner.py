@@ -181,6 +181,10 @@ def _train(config, scenario, backbone, out, final, accelerator, lock, progress, 
         with write_errors(f"the model folder {out}"):
             out = _save_run(config, scenario, backbone, engine, processor, out, final, label_names, settings, results,
                             result, lock)
+    if config.export == "onnx" and accelerator.is_main_process:
+        from fmhub.export import export_model
+
+        export_model(out, data=config.data)
     accelerator.wait_for_everyone()
     if config.push_to_hub and accelerator.is_main_process:
         from fmhub.hub import push_model
@@ -195,6 +199,7 @@ def _save_run(config, scenario, backbone, engine, processor, out, final, label_n
     """Main process: the saved model folder, reports and card; the cache default swapped in. Returns the folder."""
     accelerator = engine.accelerator
     unwrapped = accelerator.unwrap_model(engine.model)
+    shutil.rmtree(out / "onnx", ignore_errors=True)  # an export of earlier weights would no longer match
     scenario.save_model(unwrapped, processor, out, label_names)
     scenario.save_model_extras(out, settings)
     settings = {k: v for k, v in settings.items() if not k.startswith("_")}
@@ -232,9 +237,13 @@ def _save_run(config, scenario, backbone, engine, processor, out, final, label_n
 
 
 def evaluate(
-    scenario_name: str, folder: Path, data: str | None, output_dir: str | None = None, batch_size: int = 64
+    scenario_name: str, folder: Path, data: str | None, output_dir: str | None = None, batch_size: int = 64,
+    runtime: str | None = None,
 ) -> dict:
-    """Score a saved model folder on a data set's test split (or a whole file); gathers across processes once."""
+    """Score a saved model folder on a data set's test split (or a whole file); gathers across processes once.
+    `runtime="onnx"` scores the folder's ONNX export on ONNX Runtime instead of the PyTorch weights."""
+    from fmhub.export import check_runtime, load_onnx
+
     scenario = get_scenario(scenario_name)
     settings = ModelFolder(folder).read()
     if settings.get("scenario") != scenario.name:
@@ -249,7 +258,8 @@ def evaluate(
         **{k: v for k, v in scenario.defaults.items() if k in ("max_length", "image_size")},
     )
     accelerator = make_accelerator(config, None)
-    model, processor = scenario.load_model(folder)
+    runtime = check_runtime(runtime)
+    model, processor = load_onnx(scenario, folder) if runtime == "onnx" else scenario.load_model(folder)
     with accelerator.main_process_first():
         split = scenario.load_eval_split(config, label_names)
         dataset = scenario.make_dataset(split, processor, config, train=False)
@@ -257,8 +267,12 @@ def evaluate(
     model, loader = accelerator.prepare(model, loader)
     probs, labels = predict_probs(model, loader, accelerator, settings.get("temperature", 1.0))
     results = evaluate_probs(scenario, probs, labels, label_names, settings)
-    results.update(scenario.score_model(accelerator.unwrap_model(model), processor, split, config, settings))
+    scored = accelerator.unwrap_model(model)
+    if runtime == "onnx" and scenario.score_model_needs_weights:
+        scored = scenario.load_model(folder)[0]  # Grad-CAM hooks PyTorch layers: the folder's weights explain
+    results.update(scenario.score_model(scored, processor, split, config, settings))
     results["num_processes"] = accelerator.num_processes
+    results["runtime"] = runtime
     if accelerator.is_main_process:
         target = Path(output_dir or Path("fmhub_eval") / scenario.name)
         reports.write_evaluation(results, target)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fmhub import audio
-from fmhub.data.audio_data import SILENCE, UNKNOWN
+from fmhub.data.audio_data import CLIP, SILENCE, UNKNOWN
 from fmhub.errors import FmhubError
 from fmhub.keyword_spotting import (
     CONFIRM_WINDOWS,
@@ -29,8 +29,8 @@ class VoiceCommandPredictor(Predictor):
     channel count. Clips up to 1 s are classified whole; longer ones are scanned with the streaming detector's
     sliding window and report every detection with its time."""
 
-    def __init__(self, folder: Path, scenario):
-        super().__init__(folder, scenario)
+    def __init__(self, folder: Path, scenario, runtime: str | None = None):
+        super().__init__(folder, scenario, runtime)
         self.threshold = float(self.settings.get("detection_threshold", 0.5))
         self.hop_s = float(self.settings.get("hop_seconds", HOP_S))
         self.refractory_s = float(self.settings.get("refractory_seconds", REFRACTORY_S))
@@ -42,13 +42,24 @@ class VoiceCommandPredictor(Predictor):
             return window_probs(self.model, self.processor, windows, temperature=self.temperature)
 
     def predict(self, items: list) -> list[dict]:
-        """One result per item; an item that cannot be read gets `label: null` and an `error` message."""
-        results = []
-        for item in items:
+        """One result per item; an item that cannot be read gets `label: null` and an `error` message. Clips of up
+        to 1 s (one window each) go through the model together, in one batch: with micro-batching on, so do the
+        clips of concurrent requests."""
+        results: list[dict | None] = [None] * len(items)
+        waves = {}
+        for i, item in enumerate(items):
             try:
-                results.append(self.predict_one(item))
+                waves[i] = self.load(item)
             except FmhubError as err:
-                results.append({"label": None, "score": 0.0, "scores": {}, "error": str(err)})
+                results[i] = {"label": None, "score": 0.0, "scores": {}, "error": str(err)}
+        single = [i for i, w in waves.items() if len(w) <= CLIP and not self._silent(w)]
+        if single:
+            probs = self.predict_windows(np.stack([audio.fit_clip(waves[i], CLIP) for i in single]))
+            for i, p in zip(single, probs, strict=True):
+                results[i] = self.classify(waves[i], p[None])
+        for i, wave in waves.items():
+            if results[i] is None:
+                results[i] = self.classify(wave)
         return results
 
     def predict_one(self, item) -> dict:
@@ -64,16 +75,23 @@ class VoiceCommandPredictor(Predictor):
                              f"(send at least {MIN_SECONDS} s)")
         return wave
 
-    def classify(self, wave: np.ndarray) -> dict:
-        """The result for a 16 kHz waveform (see the class docstring)."""
+    def _silent(self, wave: np.ndarray) -> bool:
+        return SILENCE in self.label_names and float(np.max(np.abs(wave), initial=0.0)) < SILENT_PEAK
+
+    def classify(self, wave: np.ndarray, window_probs: np.ndarray | None = None) -> dict:
+        """The result for a 16 kHz waveform (see the class docstring); `window_probs` [1, classes]: the model's
+        answer for a clip of at most 1 s, already computed (in a batch with others)."""
         duration = len(wave) / audio.SAMPLE_RATE
-        if SILENCE in self.label_names and float(np.max(np.abs(wave), initial=0.0)) < SILENT_PEAK:
+        if self._silent(wave):
             # nothing above -60 dBFS: no command can be in there, whatever a model trained on other levels thinks
             scores = np.array([float(n == SILENCE) for n in self.label_names])
             return {"label": SILENCE, "score": 1.0, "scores": self.scores_dict(scores), "command": None,
                     "detections": [], "duration": round(duration, 3), "windows": 0, "threshold": self.threshold,
                     "note": "no signal above -60 dBFS"}
-        probs, starts = scan(self.predict_windows, wave, self.hop_s)
+        if window_probs is not None and len(wave) <= CLIP:
+            probs, starts = window_probs, np.zeros(1, dtype=np.int64)
+        else:
+            probs, starts = scan(self.predict_windows, wave, self.hop_s)
         times = starts / audio.SAMPLE_RATE
         detections, _ = find_detections(probs, times, self.label_names, self.threshold, self.refractory_s,
                                         confirm=1 if len(probs) == 1 else CONFIRM_WINDOWS)

@@ -48,11 +48,17 @@ def load_checked(scenario, folder: Path):
 class Predictor:
     """Base class: `predict(items) -> list[dict]` with label, score and scores per item."""
 
-    def __init__(self, folder: Path, scenario):
+    def __init__(self, folder: Path, scenario, runtime: str | None = None):
+        from fmhub.export import check_runtime, load_onnx
+
         self.folder = Path(folder)
         self.scenario_name = scenario.name
         self.settings = ModelFolder(self.folder).read_or_empty()
-        self.model, self.processor = load_checked(scenario, self.folder)
+        self.runtime = check_runtime(runtime)  # torch | onnx (fmhub.export: ONNX Runtime behind the same call)
+        if self.runtime == "onnx":
+            self.model, self.processor = load_onnx(scenario, self.folder)
+        else:
+            self.model, self.processor = load_checked(scenario, self.folder)
         self.label_names = self.settings.get("label_names") or [
             self.model.config.id2label[i] for i in range(len(self.model.config.id2label))
         ]

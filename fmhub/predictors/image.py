@@ -19,12 +19,27 @@ class MedicalImagePredictor(Predictor):
     Items: file paths, bytes, PIL images or arrays; see `fmhub.imaging.open_image` for the checks and conversions.
     """
 
-    def __init__(self, folder: Path, scenario):
+    def __init__(self, folder: Path, scenario, runtime: str | None = None):
+        import threading
+
         from fmhub.models.timm_backbone import build_transforms
 
-        super().__init__(folder, scenario)
+        super().__init__(folder, scenario, runtime)
         self.notice = scenario.notice
         self.transform = build_transforms(self.processor, train=False)
+        self._scenario = scenario
+        self._explainer = self.model if self.runtime == "torch" else None
+        self._explainer_lock = threading.Lock()
+
+    def explainer(self) -> torch.nn.Module:
+        """The PyTorch model Grad-CAM hooks: the predictor's own, or under ONNX Runtime the folder's PyTorch weights,
+        loaded on the first explanation asked for."""
+        with self._explainer_lock:
+            if self._explainer is None:
+                from fmhub.predictors.base import load_checked
+
+                self._explainer = load_checked(self._scenario, self.folder)[0].eval()
+            return self._explainer
 
     @torch.no_grad()
     def predict_proba(self, pixels: torch.Tensor) -> np.ndarray:
@@ -54,8 +69,9 @@ class MedicalImagePredictor(Predictor):
                 probs = self.predict_proba(pixels)
                 heat = None
                 if gradcam:
+                    explainer = self.explainer()
                     with self._lock:  # Grad-CAM hooks the shared model: no other forward pass meanwhile
-                        heat = compute_gradcam(self.model, pixels, probs.argmax(1).tolist())
+                        heat = compute_gradcam(explainer, pixels, probs.argmax(1).tolist())
                     rgb = denormalize(pixels, self.processor["mean"], self.processor["std"])
                 done = iter(range(len(images)))
                 for slot, _ in enumerate(chunk):

@@ -37,8 +37,8 @@ def clean_text(text) -> str:
 class TextIntentPredictor(Predictor):
     """Intent + confidence; below the calibrated threshold -> `out_of_scope`; FAQ answer and hand-off flag."""
 
-    def __init__(self, folder: Path, scenario):
-        super().__init__(folder, scenario)
+    def __init__(self, folder: Path, scenario, runtime: str | None = None):
+        super().__init__(folder, scenario, runtime)
         self.threshold = float(self.settings.get("oos_threshold", 0.0))
         # the distance-based score (fmhub.ood), when the model was trained with one
         self.distance = DistanceScorer.load(self.folder) if "ood_threshold" in self.settings else None

@@ -35,6 +35,7 @@ class Scenario:
     defaults: ClassVar[dict[str, Any]] = {}  # TrainConfig overrides for this scenario
     input_key: ClassVar[str] = "path"  # key of a `fmhub predict` JSONL line
     micro_batched: ClassVar[bool] = False  # predict() runs one forward pass per list: merge concurrent calls
+    score_model_needs_weights: ClassVar[bool] = False  # score_model hooks PyTorch layers (Grad-CAM): never ONNX
 
     # -- data ---------------------------------------------------------------------------------------------------
     def load_data(self, config: TrainConfig, label_names: list[str] | None = None):
@@ -110,7 +111,12 @@ class Scenario:
         """Scenario metrics that need the model itself (localisation, false accepts/hour), once after testing."""
         return {}
 
-    def predictor(self, folder: Path):
+    def load_processor(self, folder: Path) -> tuple[Any, Any]:
+        """(processor, model config or None) from a saved folder without its weights: what `--runtime onnx` needs
+        beside the ONNX graph (`fmhub.export`)."""
+        raise NotImplementedError(f"{self.name} models have no ONNX runtime")
+
+    def predictor(self, folder: Path, runtime: str | None = None):
         raise NotImplementedError
 
     # -- defaults -----------------------------------------------------------------------------------------------

@@ -115,6 +115,12 @@ class CustomerService(Scenario):
 
         return load_saved(folder, AutoModelForSequenceClassification, AutoTokenizer, "text model", "tokenizer")
 
+    def load_processor(self, folder: Path):
+        from transformers import AutoConfig, AutoTokenizer
+
+        return load_pretrained(AutoTokenizer, str(folder), "tokenizer"), load_pretrained(AutoConfig, str(folder),
+                                                                                         "model config")
+
     def make_dataset(self, split, tokenizer, config: TrainConfig, train: bool):
         from fmhub.data.text_data import TextDataset
 
@@ -233,10 +239,10 @@ class CustomerService(Scenario):
             return rows_to_datasets({"test": intents.read_table(path)}, list(label_names))["test"]
         return self.load_splits(config, label_names)["test"]
 
-    def predictor(self, folder: Path):
+    def predictor(self, folder: Path, runtime: str | None = None):
         from fmhub.predictors.text import TextIntentPredictor
 
-        return TextIntentPredictor(folder, self)
+        return TextIntentPredictor(folder, self, runtime)
 
     def card_info(self, data_source: str | None) -> dict:
         return {

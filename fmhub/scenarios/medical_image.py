@@ -28,6 +28,7 @@ class MedicalImage(Scenario):
     notice = "Research and education only, not a medical device."
     tab = "fmhub.ui.medical_image:build_medical_image_tab"
     micro_batched = True
+    score_model_needs_weights = True  # Grad-CAM localisation
     modality = "image"
     pipeline_tag = "image-classification"
     library_name = "timm"
@@ -87,6 +88,19 @@ class MedicalImage(Scenario):
         model = TimmClassifier.from_pretrained(folder)
         return model.eval(), model.data_config()
 
+    def load_processor(self, folder: Path):
+        """timm's preprocessing as saved in config.json (`pretrained_cfg`), without building the network."""
+        import json
+
+        import timm
+
+        try:
+            saved = json.loads((Path(folder) / "config.json").read_text())
+        except (OSError, ValueError) as err:
+            raise FmhubError(f"cannot read {folder}/config.json ({err})") from None
+        cfg = dict(saved.get("pretrained_cfg") or {})
+        return timm.data.resolve_data_config(pretrained_cfg=cfg, use_test_size=True), None
+
     def make_dataset(self, split, data_config, config: TrainConfig, train: bool):
         from fmhub.data.image_data import ImageDataset
         from fmhub.models.timm_backbone import build_transforms
@@ -119,10 +133,10 @@ class MedicalImage(Scenario):
         return {"localization_score": float(np.mean(hits)), "localization_images": len(hits)}
 
     # -- serving ------------------------------------------------------------------------------------------------
-    def predictor(self, folder: Path):
+    def predictor(self, folder: Path, runtime: str | None = None):
         from fmhub.predictors.image import MedicalImagePredictor
 
-        return MedicalImagePredictor(folder, self)
+        return MedicalImagePredictor(folder, self, runtime)
 
     def card_info(self, data_source: str | None) -> dict:
         from fmhub.hubids import is_hub_id

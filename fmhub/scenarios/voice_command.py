@@ -48,6 +48,7 @@ class VoiceCommand(Scenario):
     default_backbone = LOCAL_BACKBONE
     local_backbones = (LOCAL_BACKBONE,)  # built from a local config: no Hub repo to name as a card's base_model
     input_key = "path"
+    micro_batched = True  # clips of concurrent requests share one forward pass (fmhub.predictors.audio)
     defaults = {
         "epochs": 14, "batch_size": 32, "eval_batch_size": 128, "learning_rate": 1e-3, "weight_decay": 0.05,
         "scheduler": "cosine", "warmup_ratio": 0.05, "label_smoothing": 0.0, "early_stopping_patience": 0,
@@ -135,6 +136,12 @@ class VoiceCommand(Scenario):
         return load_saved(folder, AutoModelForAudioClassification, AutoFeatureExtractor, "audio model",
                           "feature extractor")
 
+    def load_processor(self, folder: Path):
+        from transformers import AutoConfig, AutoFeatureExtractor
+
+        return (load_pretrained(AutoFeatureExtractor, str(folder), "feature extractor"),
+                load_pretrained(AutoConfig, str(folder), "model config"))
+
     def make_dataset(self, split, extractor, config: TrainConfig, train: bool):
         from fmhub.data.audio_data import ClipDataset, FeatureDataset, augment_banks, waves_of
 
@@ -218,10 +225,10 @@ class VoiceCommand(Scenario):
             "false_accepts_per_hour_by_threshold": {f"{t:.2f}": c / hours for t, c in counts.items()},
         }
 
-    def predictor(self, folder: Path):
+    def predictor(self, folder: Path, runtime: str | None = None):
         from fmhub.predictors.audio import VoiceCommandPredictor
 
-        return VoiceCommandPredictor(folder, self)
+        return VoiceCommandPredictor(folder, self, runtime)
 
     def resolve_backbone(self, name: str | None) -> str:
         return name or LOCAL_BACKBONE

@@ -45,6 +45,7 @@ class AppConfig:
     bootstrap: bool = True  # fine-tune missing embedded defaults in the background at start-up
     queue_size: int = QUEUE_MAX_SIZE
     concurrency: int = CONCURRENCY
+    runtime: str | None = None  # torch | onnx; None: FMHUB_RUNTIME, else torch
 
 
 def available_tabs() -> dict:
@@ -82,7 +83,7 @@ def build_app(config: AppConfig | None = None) -> tuple[gr.Blocks, dict[str, Mod
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     tabs = available_tabs()
     wanted = config.scenarios if config.scenarios is not None else tuple(tabs)
-    slots = {s: ModelSlot(s, config.models.get(s)) for s in wanted if s in tabs}
+    slots = {s: ModelSlot(s, config.models.get(s), config.runtime) for s in wanted if s in tabs}
     with gr.Blocks(title="fmhub demo hub", delete_cache=(600, 900)) as demo:
         gr.Markdown(
             "# fmhub demo hub\nFine-tuned foundation models, served from this machine: pick a scenario below. "
@@ -219,14 +220,17 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
         models[scenario] = flag or env or models.get(scenario)
     host = getattr(args, "host", None) or os.environ.get("FMHUB_HOST") or file_values.get("host") or "127.0.0.1"
     port = getattr(args, "port", None) or os.environ.get("FMHUB_PORT") or file_values.get("port") or 7860
-    return AppConfig(host=host, port=int(port), models=models)
+    runtime = getattr(args, "runtime", None) or file_values.get("runtime")
+    return AppConfig(host=host, port=int(port), models=models, runtime=runtime)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="fmhub demo hub")
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 7860)")
-    parser.add_argument("--config", help="YAML file: host, port, models: {scenario: folder or Hub id}")
+    parser.add_argument("--config", help="YAML file: host, port, runtime, models: {scenario: folder or Hub id}")
+    parser.add_argument("--runtime", choices=("torch", "onnx"),
+                        help="torch (default; FMHUB_RUNTIME) or onnx: each model's ONNX export on ONNX Runtime")
     for scenario in list_scenarios():
         parser.add_argument(f"--{scenario}-model", help=f"folder or Hub id for the {scenario} tab")
     return parser.parse_args(argv)

@@ -56,8 +56,8 @@ def bounded_log_text(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
 
 
 class ModelSlot:
-    def __init__(self, scenario: str, model_ref: str | None = None):
-        self.scenario, self.model_ref = scenario, model_ref
+    def __init__(self, scenario: str, model_ref: str | None = None, runtime: str | None = None):
+        self.scenario, self.model_ref, self.runtime = scenario, model_ref, runtime
         self.fraction, self.error = 0.0, None  # error: the first-run fine-tune failed (why, one line)
         self.preparing = False
         self.failed_at = 0.0  # time.monotonic() of the last failed load or fine-tune
@@ -146,7 +146,7 @@ class ModelSlot:
 
         predictor = None
         try:
-            predictor = load_predictor(self.scenario, self.model_ref)
+            predictor = load_predictor(self.scenario, self.model_ref, self.runtime)
         except Exception as err:
             log.error("loading the %s model failed (attempt %d; the next one in %.0f s at the earliest):\n%s",
                       self.scenario, self.load_attempts, LOAD_RETRY_SECONDS, bounded_log_text(traceback.format_exc()))

@@ -1,0 +1,378 @@
+"""ONNX export of a saved model folder, checked against PyTorch, and the ONNX Runtime model that serves it.
+
+`export_model(folder)` writes, inside the model folder, the layout transformers.js and Optimum read:
+
+    onnx/model.onnx             fp32, dynamic batch (and sequence) axes, exported with `torch.onnx`
+    onnx/model_quantized.onnx   int8 (`onnxruntime.quantization`): dynamic for text and audio, static QDQ with
+                                calibration images for image models
+    onnx/export.json            sizes, quantization used, parity with PyTorch on the test split
+
+Text graphs also return the last hidden state, from which the out-of-scope distance score (`fmhub.ood`) is computed
+as in PyTorch. Parity is measured at export on the model's test split (or given data): top-label agreement with the
+PyTorch model and the largest probability difference. An fp32 graph that disagrees is refused; an int8 graph below
+the bar falls back to per-channel weights, then to fp32 only, and says so.
+
+`OnnxModel` stands in for the PyTorch model behind the same call (`model(**inputs)` -> an output with `.logits`),
+so the predictors, `fmhub evaluate` and the scenario metrics run unchanged on ONNX Runtime (`--runtime onnx`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fmhub.errors import FmhubError
+
+ONNX_DIR = "onnx"
+FP32_FILE = "model.onnx"
+INT8_FILE = "model_quantized.onnx"
+REPORT_FILE = "export.json"
+OPSET = 17
+RUNTIMES = ("torch", "onnx")
+QUANTIZE = ("int8", "none")
+PARITY_EXAMPLES = 512  # test examples compared at export (all of them when fewer)
+INT8_MIN_AGREEMENT = 0.99  # int8 top labels that must agree with PyTorch, else the next, safer export is tried
+FP32_MIN_AGREEMENT = 0.999
+FP32_MAX_PROB_DIFF = 1e-3
+CALIBRATION_EXAMPLES = 64  # images fed to static int8 calibration
+
+
+def onnx_dir(folder: Path) -> Path:
+    return Path(folder) / ONNX_DIR
+
+
+def serving_file(folder: Path) -> Path:
+    """The graph `--runtime onnx` serves: the int8 one when the export kept it, else fp32."""
+    folder = onnx_dir(folder)
+    report = read_report(folder.parent)
+    name = (report or {}).get("serve") or (INT8_FILE if (folder / INT8_FILE).is_file() else FP32_FILE)
+    return folder / name
+
+
+def read_report(folder: Path) -> dict | None:
+    path = onnx_dir(folder) / REPORT_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# -- the graph --------------------------------------------------------------------------------------------------
+class _TextGraph(torch.nn.Module):
+    def __init__(self, model, names):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs):
+        out = self.model(**dict(zip(self.names, inputs, strict=True)), output_hidden_states=True)
+        return out.logits, out.hidden_states[-1]
+
+
+class _LogitsGraph(torch.nn.Module):
+    def __init__(self, model, key):
+        super().__init__()
+        self.model, self.key = model, key
+
+    def forward(self, x):
+        out = self.model(**{self.key: x})
+        return out["logits"] if isinstance(out, dict) else out.logits
+
+
+def _graph(scenario, model, processor):
+    """(module, example inputs, input names, output names, dynamic axes) for the scenario's modality."""
+    if scenario.modality == "text":
+        names = [n for n in getattr(processor, "model_input_names", ["input_ids", "attention_mask"])
+                 if n in ("input_ids", "attention_mask", "token_type_ids")]
+        enc = processor(["an example message", "another one"], padding=True, return_tensors="pt")
+        axes = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
+        axes.update({"logits": {0: "batch_size"}, "last_hidden_state": {0: "batch_size", 1: "sequence_length"}})
+        return (_TextGraph(model, names), tuple(enc[n] for n in names), names, ["logits", "last_hidden_state"], axes)
+    if scenario.modality == "image":
+        size = tuple(processor["input_size"])
+        return (_ImageGraph(model.timm_model), (torch.randn(2, *size),), ["pixel_values"], ["logits"],
+                {"pixel_values": {0: "batch_size"}, "logits": {0: "batch_size"}})
+    if scenario.modality == "audio":
+        from fmhub import audio
+
+        inputs = audio.features(processor, [np.zeros(audio.SAMPLE_RATE, np.float32)] * 2)
+        key = "input_features" if "input_features" in inputs else "input_values"
+        return (_LogitsGraph(model, key), (inputs[key],), [key], ["logits"],
+                {key: {0: "batch_size"}, "logits": {0: "batch_size"}})
+    raise FmhubError(f"no ONNX export for {scenario.modality} models")
+
+
+class _ImageGraph(torch.nn.Module):
+    def __init__(self, timm_model):
+        super().__init__()
+        self.timm_model = timm_model
+
+    def forward(self, pixel_values):
+        return self.timm_model(pixel_values)
+
+
+def _export_fp32(scenario, model, processor, path: Path) -> None:
+    import warnings
+
+    module, example, names, outputs, axes = _graph(scenario, model, processor)
+    module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python branches on shapes: the axes are declared
+        torch.onnx.export(module, example, str(path), input_names=names, output_names=outputs, dynamic_axes=axes,
+                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader protocol over a list of input dicts."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+    def rewind(self):  # pragma: no cover - not called by the calibrators used here
+        pass
+
+
+def _quantize(scenario, fp32: Path, out: Path, per_channel: bool, calibration: list[dict]) -> str:
+    """Write the int8 graph; returns how it was quantized, in words."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime.quantization logs advice on the root logger
+    try:
+        return _quantize_graph(scenario, fp32, out, per_channel, calibration)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize_graph(scenario, fp32: Path, out: Path, per_channel: bool, calibration: list[dict]) -> str:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if scenario.modality == "image":
+        prepared = out.with_name("prepared.onnx")
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(out), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        prepared.unlink(missing_ok=True)
+        return f"int8 static (QDQ, {'per-channel' if per_channel else 'per-tensor'} weights, " \
+               f"{len(calibration)} calibration images)"
+    ops = ["MatMul", "Gemm"] + (["Gather"] if scenario.modality == "text" else [])  # text: the token table too
+    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
+                     op_types_to_quantize=ops)
+    return f"int8 dynamic ({'per-channel' if per_channel else 'per-tensor'} weights; {'/'.join(ops)})"
+
+
+# -- ONNX Runtime -------------------------------------------------------------------------------------------------
+def session(path: Path, threads: int | None = None):
+    """An ONNX Runtime CPU session with thread settings for small machines: intra-op threads = the cores this
+    process may use (at most 4), no inter-op pool; one clear line for a missing, corrupt or unsupported file."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FmhubError(f"no ONNX model at {path}: export one with `fmhub export --model {path.parent.parent}`")
+    options = ort.SessionOptions()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    options.intra_op_num_threads = int(threads or min(4, cores))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, NotImplemented, ...)
+        text = " ".join(str(err).split())
+        if "opset" in text.lower() or "NOT_IMPLEMENTED" in text or "NotImplemented" in type(err).__name__:
+            raise FmhubError(f"ONNX Runtime {ort.__version__} cannot run {path.name} (an operator or opset it "
+                             f"lacks): {text[:200]}; re-export with `fmhub export`") from None
+        raise FmhubError(f"cannot load {path}: the file is not a valid ONNX model ({text[:200]}); "
+                         "re-export it with `fmhub export`") from None
+
+
+class OnnxModel(torch.nn.Module):
+    """An ONNX Runtime session behind the PyTorch model's call: `model(**inputs)` returns an output with `logits`
+    (and, for text graphs, `hidden_states` ending with the last hidden state). `config` is the folder's transformers
+    config when it has one. Holds no weights: `parameters()` yields one empty tensor, for code that asks the device."""
+
+    def __init__(self, path: Path, config=None, threads: int | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self.session = session(self.path, threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.config = config
+        self._anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    def forward(self, **inputs):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        feed = {}
+        for name in self.input_names:
+            if name not in inputs:
+                if name == "token_type_ids" and "input_ids" in inputs:
+                    feed[name] = np.zeros(tuple(inputs["input_ids"].shape), np.int64)
+                    continue
+                raise FmhubError(f"the ONNX model needs input {name!r}")
+            value = inputs[name]
+            value = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+            feed[name] = value.astype(np.int64 if name in ("input_ids", "attention_mask", "token_type_ids")
+                                      else np.float32, copy=False)
+        outputs = dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
+        hidden = outputs.get("last_hidden_state")
+        return SequenceClassifierOutput(logits=torch.from_numpy(outputs["logits"]),
+                                        hidden_states=None if hidden is None else (torch.from_numpy(hidden),))
+
+
+def load_onnx(scenario, folder: Path):
+    """(OnnxModel, processor) for `--runtime onnx`; the processor is the one the PyTorch folder uses."""
+    folder = Path(folder)
+    path = serving_file(folder)
+    if not path.is_file():
+        raise FmhubError(f"{folder} has no ONNX export ({ONNX_DIR}/{path.name}); run `fmhub export --model {folder}` "
+                         "or serve it with --runtime torch")
+    processor, config = scenario.load_processor(folder)
+    return OnnxModel(path, config), processor
+
+
+def check_runtime(runtime: str | None) -> str:
+    runtime = (runtime or os.environ.get("FMHUB_RUNTIME") or "torch").strip().lower()
+    if runtime not in RUNTIMES:
+        raise FmhubError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    return runtime
+
+
+# -- parity -----------------------------------------------------------------------------------------------------
+def _parity_batches(scenario, folder: Path, processor, data: str | None, limit: int):
+    """Input batches (dicts without labels) and their labels, from the test split of the model's data."""
+    from fmhub.config import TrainConfig
+    from fmhub.model_folder import ModelFolder
+    from fmhub.training.loaders import build_dataloader
+
+    settings = ModelFolder(folder).read()
+    label_names = settings["label_names"]
+    if data is None:
+        data = settings.get("data")
+    config = TrainConfig(scenario=scenario.name, data=data, eval_batch_size=32, report_to="none",
+                         **{k: v for k, v in scenario.defaults.items() if k in ("max_length", "image_size")})
+    split = scenario.load_eval_split(config, label_names)
+    if len(split) > limit:
+        split = split.shuffle(seed=0).select(range(limit))
+    dataset = scenario.make_dataset(split, processor, config, train=False)
+    loader = build_dataloader(dataset, config, scenario.collate_fn(processor, config), train=False)
+    batches = []
+    for batch in loader:
+        labels = batch.pop("labels")
+        batches.append(({k: v for k, v in batch.items()}, labels.numpy()))
+    return batches
+
+
+@torch.no_grad()
+def _probs(model, batches, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    probs, labels = [], []
+    for inputs, y in batches:
+        out = model(**inputs)
+        logits = (out["logits"] if isinstance(out, dict) else out.logits).float()
+        probs.append((logits / temperature).softmax(-1).numpy())
+        labels.append(y)
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> dict:
+    inside = labels >= 0
+    return {
+        "examples": int(len(labels)),
+        "top_label_agreement": round(float((reference.argmax(1) == candidate.argmax(1)).mean()), 4),
+        "max_probability_difference": round(float(np.abs(reference - candidate).max()), 5),
+        "accuracy_torch": round(float((reference.argmax(1) == labels)[inside].mean()), 4) if inside.any() else None,
+        "accuracy_onnx": round(float((candidate.argmax(1) == labels)[inside].mean()), 4) if inside.any() else None,
+    }
+
+
+# -- the command ----------------------------------------------------------------------------------------------------
+def export_model(folder: Path, quantize: str = "int8", data: str | None = None, log=None) -> dict:
+    """Export `folder` to `folder/onnx/` (see the module docstring); returns the report written to export.json."""
+    import onnxruntime as ort
+
+    from fmhub.model_folder import ModelFolder
+    from fmhub.predictors.base import load_checked
+    from fmhub.registry import get_scenario
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    folder = Path(folder).expanduser()
+    if quantize not in QUANTIZE:
+        raise FmhubError(f"--quantize must be one of {', '.join(QUANTIZE)}, not {quantize!r}")
+    settings = ModelFolder(folder).read()
+    scenario = get_scenario(settings["scenario"])
+    model, processor = load_checked(scenario, folder)
+    model.eval()
+    temperature = float(settings.get("temperature", 1.0))
+    t0 = time.perf_counter()
+    log(f"export: reading the parity data ({scenario.name} test split)")
+    batches = _parity_batches(scenario, folder, processor, data, PARITY_EXAMPLES)
+    reference, labels = _probs(model, batches, temperature)
+
+    final = onnx_dir(folder)
+    work = folder / f".{ONNX_DIR}-export-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        log(f"export: tracing the fp32 graph (opset {OPSET})")
+        _export_fp32(scenario, model, processor, work / FP32_FILE)
+        config = getattr(model, "config", None)
+        fp32 = parity(reference, _probs(OnnxModel(work / FP32_FILE, config), batches, temperature)[0], labels)
+        log(f"export: fp32 parity on {fp32['examples']} test examples: top-label agreement "
+            f"{fp32['top_label_agreement']:.4f}, largest probability difference {fp32['max_probability_difference']}")
+        if fp32["top_label_agreement"] < FP32_MIN_AGREEMENT or fp32["max_probability_difference"] > FP32_MAX_PROB_DIFF:
+            raise FmhubError(f"the fp32 ONNX graph does not match PyTorch (agreement {fp32['top_label_agreement']}, "
+                             f"probability difference {fp32['max_probability_difference']}); export refused")
+        files = {FP32_FILE: {"bytes": (work / FP32_FILE).stat().st_size, "quantization": "none (fp32)",
+                             "parity": fp32}}
+        serve, notes = FP32_FILE, []
+        if quantize == "int8":
+            calibration = [{k: v.numpy() for k, v in inputs.items()} for inputs, _ in batches]
+            calibration = [{k: v[i:i + 1] for k, v in feed.items()} for feed in calibration
+                           for i in range(len(next(iter(feed.values()))))][:CALIBRATION_EXAMPLES]
+            for per_channel in (False, True):
+                how = _quantize(scenario, work / FP32_FILE, work / INT8_FILE, per_channel, calibration)
+                int8 = parity(reference, _probs(OnnxModel(work / INT8_FILE, config), batches, temperature)[0], labels)
+                log(f"export: {how}: agreement {int8['top_label_agreement']:.4f}, largest probability difference "
+                    f"{int8['max_probability_difference']}")
+                if int8["top_label_agreement"] >= INT8_MIN_AGREEMENT:
+                    files[INT8_FILE] = {"bytes": (work / INT8_FILE).stat().st_size, "quantization": how,
+                                        "parity": int8}
+                    serve = INT8_FILE
+                    break
+                notes.append(f"{how}: top-label agreement {int8['top_label_agreement']} < {INT8_MIN_AGREEMENT}")
+            else:
+                (work / INT8_FILE).unlink(missing_ok=True)
+                notes.append("int8 refused: the fp32 graph is served")
+                log(f"export: int8 disagreed with PyTorch beyond the bar ({INT8_MIN_AGREEMENT}); serving fp32")
+        report = {"scenario": scenario.name, "opset": OPSET, "onnxruntime": ort.__version__, "torch": torch.__version__,
+                  "quantize": quantize, "serve": serve, "files": files, "notes": notes,
+                  "parity_data": data or settings.get("data") or "embedded test split",
+                  "seconds": round(time.perf_counter() - t0, 1)}
+        (work / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        old = folder / f".{ONNX_DIR}-old-{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        work.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    from fmhub.card import update_card_export
+
+    update_card_export(folder, report)
+    sizes = ", ".join(f"{name} {info['bytes'] / 1e6:.1f} MB" for name, info in files.items())
+    log(f"export: wrote {final} ({sizes}; serving {serve})")
+    return report
+
