@@ -105,9 +105,9 @@ def table(results: dict) -> str:
                      f"(x{r['batch1_p50_speedup']:.2f})", f"{thr} req/s (onnx/torch x{r['throughput_speedup']:.2f}"
                      + (f", over before x{r['throughput_speedup_over_before']:.2f}"
                         if "throughput_speedup_over_before" in r else "") + ")"])
+    concurrency = next(iter(results.values()))["concurrency"]
     return common.markdown_table(["", "served", "test accuracy torch -> onnx", "ONNX fp32 -> served size",
-                                  "batch-1 p50 torch -> onnx", f"throughput, {next(iter(results.values()))['concurrency']}"
-                                  " concurrent"], rows)
+                                  "batch-1 p50 torch -> onnx", f"throughput, {concurrency} concurrent"], rows)
 
 
 def main(argv=None) -> int:

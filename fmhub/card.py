@@ -41,7 +41,8 @@ PyTorch model on {next(iter(report['files'].values()))['parity']['examples']} te
 {chr(10).join(rows)}
 {notes}
 ```bash
-fmhub predict --scenario {report['scenario']} --model {REPO_PLACEHOLDER} --runtime onnx --input-file in.jsonl --output out.jsonl
+fmhub predict --scenario {report['scenario']} --model {REPO_PLACEHOLDER} --runtime onnx \\
+  --input-file in.jsonl --output out.jsonl
 ```
 {EXPORT_END}
 """

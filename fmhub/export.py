@@ -39,6 +39,7 @@ RUNTIMES = ("torch", "onnx")
 QUANTIZE = ("int8", "none")
 PARITY_EXAMPLES = 512  # test examples compared at export (all of them when fewer)
 INT8_MIN_AGREEMENT = 0.99  # int8 top labels that must agree with PyTorch, else the next, safer export is tried
+INT8_MAX_DROP = 0.005  # ... and the most test accuracy it may lose
 FP32_MIN_AGREEMENT = 0.999
 FP32_MAX_PROB_DIFF = 1e-3
 CALIBRATION_EXAMPLES = 64  # images fed to static int8 calibration
@@ -288,14 +289,24 @@ def _probs(model, batches, temperature: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> dict:
+    """Top-label agreement on the rows of the model's classes (rows outside them, such as out-of-scope messages,
+    have no right label to flip between: they are counted apart), the largest probability difference, accuracy."""
     inside = labels >= 0
+    same = reference.argmax(1) == candidate.argmax(1)
     return {
         "examples": int(len(labels)),
-        "top_label_agreement": round(float((reference.argmax(1) == candidate.argmax(1)).mean()), 4),
+        "top_label_agreement": round(float(same[inside].mean() if inside.any() else same.mean()), 4),
+        "top_label_agreement_all_rows": round(float(same.mean()), 4),
         "max_probability_difference": round(float(np.abs(reference - candidate).max()), 5),
         "accuracy_torch": round(float((reference.argmax(1) == labels)[inside].mean()), 4) if inside.any() else None,
         "accuracy_onnx": round(float((candidate.argmax(1) == labels)[inside].mean()), 4) if inside.any() else None,
     }
+
+
+def _close_enough(result: dict) -> bool:
+    """The int8 bar: top labels agree on >= INT8_MIN_AGREEMENT of the rows and accuracy drops <= INT8_MAX_DROP."""
+    drop = (result["accuracy_torch"] or 0.0) - (result["accuracy_onnx"] or 0.0)
+    return result["top_label_agreement"] >= INT8_MIN_AGREEMENT and drop <= INT8_MAX_DROP + 1e-9
 
 
 # -- the command ----------------------------------------------------------------------------------------------------
@@ -347,18 +358,20 @@ def export_model(folder: Path, quantize: str = "int8", data: str | None = None, 
                 int8 = parity(reference, _probs(OnnxModel(work / INT8_FILE, config), batches, temperature)[0], labels)
                 log(f"export: {how}: agreement {int8['top_label_agreement']:.4f}, largest probability difference "
                     f"{int8['max_probability_difference']}")
-                if int8["top_label_agreement"] >= INT8_MIN_AGREEMENT:
+                if _close_enough(int8):
                     files[INT8_FILE] = {"bytes": (work / INT8_FILE).stat().st_size, "quantization": how,
                                         "parity": int8}
                     serve = INT8_FILE
                     break
-                notes.append(f"{how}: top-label agreement {int8['top_label_agreement']} < {INT8_MIN_AGREEMENT}")
+                notes.append(f"{how} refused: top-label agreement {int8['top_label_agreement']}, accuracy "
+                             f"{int8['accuracy_torch']} -> {int8['accuracy_onnx']}")
             else:
                 (work / INT8_FILE).unlink(missing_ok=True)
                 notes.append("int8 refused: the fp32 graph is served")
-                log(f"export: int8 disagreed with PyTorch beyond the bar ({INT8_MIN_AGREEMENT}); serving fp32")
-        report = {"scenario": scenario.name, "opset": OPSET, "onnxruntime": ort.__version__, "torch": torch.__version__,
-                  "quantize": quantize, "serve": serve, "files": files, "notes": notes,
+                log(f"export: int8 fell below the bar (agreement {INT8_MIN_AGREEMENT}, accuracy -{INT8_MAX_DROP}): "
+                    "fp32 served")
+        report = {"scenario": scenario.name, "opset": OPSET, "onnxruntime": ort.__version__,
+                  "torch": torch.__version__, "quantize": quantize, "serve": serve, "files": files, "notes": notes,
                   "parity_data": data or settings.get("data") or "embedded test split",
                   "seconds": round(time.perf_counter() - t0, 1)}
         (work / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")

@@ -9,7 +9,8 @@ from fmhub.predictors.base import Predictor
 
 _CACHE: dict[tuple[str, str, str], Predictor] = {}
 _CACHE_LOCK = threading.Lock()  # guards _CACHE and _LOAD_LOCKS only: never held while a model loads
-_LOAD_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}  # one per model: the same model is not loaded twice at once
+# one per model: the same model is not loaded twice at once
+_LOAD_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
 
 
 def load_predictor(scenario: str, model: str | None = None, runtime: str | None = None) -> Predictor:
@@ -20,9 +21,8 @@ def load_predictor(scenario: str, model: str | None = None, runtime: str | None 
     a failed load is not cached, so the next call tries again. `runtime`: torch (default) or onnx (the folder's
     ONNX export on ONNX Runtime, `fmhub.export`); None reads FMHUB_RUNTIME.
     """
-    from fmhub.export import check_runtime
-
     from fmhub.defaults import model_folder_for
+    from fmhub.export import check_runtime
     from fmhub.registry import get_scenario
 
     runtime = check_runtime(runtime)

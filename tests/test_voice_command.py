@@ -218,6 +218,35 @@ def test_rates_channels_and_formats_give_the_same_prediction(predictor, test_cli
         assert max(abs(gradio_style["scores"][k] - reference["scores"][k]) for k in reference["scores"]) < 0.01
 
 
+def test_clips_of_concurrent_requests_share_one_forward_pass(vc_model, test_clips):
+    """Voice requests are micro-batched like text and image: clips sent at the same time from several threads run
+    as one batch, and each caller gets what classifying its clip alone gives (bad and long inputs included)."""
+    import threading
+
+    from fmhub.registry import get_scenario
+
+    batched = get_scenario("voice-command").predictor(vc_model).enable_micro_batching(max_wait_s=0.2)
+    alone = get_scenario("voice-command").predictor(vc_model)
+    clips = [(16000, test_clips[k]) for k in ("yes", "stop", "go", "_unknown_")]
+    clips += [(16000, np.concatenate([test_clips["yes"], test_clips["go"]])), b"not audio"]
+    expected = [alone.predict([c])[0] for c in clips]
+    got: dict[int, dict] = {}
+    batched.predict([clips[0]])  # two requests in the previous batch: the next ones wait for company
+    batched.predict([clips[0], clips[1]])
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, batched.predict([clips[i]])[0]))
+               for i in range(len(clips))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, want in enumerate(expected):
+        assert got[i]["label"] == want["label"]
+        if want["scores"]:
+            assert max(abs(got[i]["scores"][k] - want["scores"][k]) for k in want["scores"]) < 1e-4
+    assert "error" in got[len(clips) - 1]
+    assert batched.predict.batches < batched.predict.requests  # some requests shared a forward pass
+
+
 def test_a_ten_minute_file_is_refused_fast(predictor, tmp_path):
     path = _file(tmp_path, "long.wav", np.zeros(600 * 8000, np.int16), 8000, subtype="PCM_16")
     started = time.perf_counter()
