@@ -12,8 +12,9 @@ as in PyTorch. Parity is measured at export on the model's test split (or given 
 PyTorch model and the largest probability difference. An fp32 graph that disagrees is refused; an int8 graph below
 the bar falls back to per-channel weights, then to fp32 only, and says so.
 
-`OnnxModel` stands in for the PyTorch model behind the same call (`model(**inputs)` -> an output with `.logits`),
-so the predictors, `fmhub evaluate` and the scenario metrics run unchanged on ONNX Runtime (`--runtime onnx`).
+`fmhub.onnx_runtime.OnnxModel` stands in for the PyTorch model behind the same call (`model(**inputs)` -> an output
+with `.logits`), so the predictors, `fmhub evaluate` and the scenario metrics run unchanged on ONNX Runtime
+(`--runtime onnx`).
 """
 
 from __future__ import annotations
@@ -29,40 +30,23 @@ import numpy as np
 import torch
 
 from fmhub.errors import FmhubError
+from fmhub.onnx_runtime import (  # noqa: F401 (the layout's names, also read from here)
+    FP32_FILE,
+    INT8_FILE,
+    ONNX_DIR,
+    QUANTIZE,
+    REPORT_FILE,
+    OnnxModel,
+    onnx_dir,
+)
 
-ONNX_DIR = "onnx"
-FP32_FILE = "model.onnx"
-INT8_FILE = "model_quantized.onnx"
-REPORT_FILE = "export.json"
 OPSET = 17
-RUNTIMES = ("torch", "onnx")
-QUANTIZE = ("int8", "none")
 PARITY_EXAMPLES = 512  # test examples compared at export (all of them when fewer)
 INT8_MIN_AGREEMENT = 0.99  # int8 top labels that must agree with PyTorch, else the next, safer export is tried
 INT8_MAX_DROP = 0.005  # ... and the most test accuracy it may lose
 FP32_MIN_AGREEMENT = 0.999
 FP32_MAX_PROB_DIFF = 1e-3
 CALIBRATION_EXAMPLES = 64  # images fed to static int8 calibration
-
-
-def onnx_dir(folder: Path) -> Path:
-    return Path(folder) / ONNX_DIR
-
-
-def serving_file(folder: Path) -> Path:
-    """The graph `--runtime onnx` serves: the int8 one when the export kept it, else fp32."""
-    folder = onnx_dir(folder)
-    report = read_report(folder.parent)
-    name = (report or {}).get("serve") or (INT8_FILE if (folder / INT8_FILE).is_file() else FP32_FILE)
-    return folder / name
-
-
-def read_report(folder: Path) -> dict | None:
-    path = onnx_dir(folder) / REPORT_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # -- the graph --------------------------------------------------------------------------------------------------
@@ -173,85 +157,6 @@ def _quantize_graph(scenario, fp32: Path, out: Path, per_channel: bool, calibrat
     return f"int8 dynamic ({'per-channel' if per_channel else 'per-tensor'} weights; {'/'.join(ops)})"
 
 
-# -- ONNX Runtime -------------------------------------------------------------------------------------------------
-def session(path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session with thread settings for small machines: intra-op threads = the cores this
-    process may use (at most 4), no inter-op pool; one clear line for a missing, corrupt or unsupported file."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise FmhubError(f"no ONNX model at {path}: export one with `fmhub export --model {path.parent.parent}`")
-    options = ort.SessionOptions()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    options.intra_op_num_threads = int(threads or min(4, cores))
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, NotImplemented, ...)
-        text = " ".join(str(err).split())
-        if "opset" in text.lower() or "NOT_IMPLEMENTED" in text or "NotImplemented" in type(err).__name__:
-            raise FmhubError(f"ONNX Runtime {ort.__version__} cannot run {path.name} (an operator or opset it "
-                             f"lacks): {text[:200]}; re-export with `fmhub export`") from None
-        raise FmhubError(f"cannot load {path}: the file is not a valid ONNX model ({text[:200]}); "
-                         "re-export it with `fmhub export`") from None
-
-
-class OnnxModel(torch.nn.Module):
-    """An ONNX Runtime session behind the PyTorch model's call: `model(**inputs)` returns an output with `logits`
-    (and, for text graphs, `hidden_states` ending with the last hidden state). `config` is the folder's transformers
-    config when it has one. Holds no weights: `parameters()` yields one empty tensor, for code that asks the device."""
-
-    def __init__(self, path: Path, config=None, threads: int | None = None):
-        super().__init__()
-        self.path = Path(path)
-        self.session = session(self.path, threads)
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.config = config
-        self._anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
-
-    def forward(self, **inputs):
-        from transformers.modeling_outputs import SequenceClassifierOutput
-
-        feed = {}
-        for name in self.input_names:
-            if name not in inputs:
-                if name == "token_type_ids" and "input_ids" in inputs:
-                    feed[name] = np.zeros(tuple(inputs["input_ids"].shape), np.int64)
-                    continue
-                raise FmhubError(f"the ONNX model needs input {name!r}")
-            value = inputs[name]
-            value = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
-            feed[name] = value.astype(np.int64 if name in ("input_ids", "attention_mask", "token_type_ids")
-                                      else np.float32, copy=False)
-        outputs = dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
-        hidden = outputs.get("last_hidden_state")
-        return SequenceClassifierOutput(logits=torch.from_numpy(outputs["logits"]),
-                                        hidden_states=None if hidden is None else (torch.from_numpy(hidden),))
-
-
-def load_onnx(scenario, folder: Path):
-    """(OnnxModel, processor) for `--runtime onnx`; the processor is the one the PyTorch folder uses."""
-    folder = Path(folder)
-    path = serving_file(folder)
-    if not path.is_file():
-        raise FmhubError(f"{folder} has no ONNX export ({ONNX_DIR}/{path.name}); run `fmhub export --model {folder}` "
-                         "or serve it with --runtime torch")
-    processor, config = scenario.load_processor(folder)
-    return OnnxModel(path, config), processor
-
-
-def check_runtime(runtime: str | None) -> str:
-    runtime = (runtime or os.environ.get("FMHUB_RUNTIME") or "torch").strip().lower()
-    if runtime not in RUNTIMES:
-        raise FmhubError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
-    return runtime
-
-
 # -- parity -----------------------------------------------------------------------------------------------------
 def _parity_batches(scenario, folder: Path, processor, data: str | None, limit: int):
     """Input batches (dicts without labels) and their labels, from the test split of the model's data."""
@@ -315,7 +220,7 @@ def export_model(folder: Path, quantize: str = "int8", data: str | None = None, 
     import onnxruntime as ort
 
     from fmhub.model_folder import ModelFolder
-    from fmhub.predictors.base import load_checked
+    from fmhub.models.auto import load_checked
     from fmhub.registry import get_scenario
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))

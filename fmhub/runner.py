@@ -182,7 +182,7 @@ def _train(config, scenario, backbone, out, final, accelerator, lock, progress, 
             out = _save_run(config, scenario, backbone, engine, processor, out, final, label_names, settings, results,
                             result, lock)
     if config.export == "onnx" and accelerator.is_main_process:
-        from fmhub.export import export_model
+        from fmhub.onnx_runtime import export_model
 
         export_model(out, data=config.data)
     accelerator.wait_for_everyone()
@@ -242,7 +242,7 @@ def evaluate(
 ) -> dict:
     """Score a saved model folder on a data set's test split (or a whole file); gathers across processes once.
     `runtime="onnx"` scores the folder's ONNX export on ONNX Runtime instead of the PyTorch weights."""
-    from fmhub.export import check_runtime, load_onnx
+    from fmhub.onnx_runtime import check_runtime, load_onnx
 
     scenario = get_scenario(scenario_name)
     settings = ModelFolder(folder).read()

@@ -22,7 +22,7 @@ def load_predictor(scenario: str, model: str | None = None, runtime: str | None 
     ONNX export on ONNX Runtime, `fmhub.export`); None reads FMHUB_RUNTIME.
     """
     from fmhub.defaults import model_folder_for
-    from fmhub.export import check_runtime
+    from fmhub.onnx_runtime import check_runtime
     from fmhub.registry import get_scenario
 
     runtime = check_runtime(runtime)

@@ -170,7 +170,7 @@ def test_bad_exports_and_files_get_one_clear_line(exported, tiny_intent_model, t
     assert code == 2 and "not an fmhub model folder" in err
     # an unknown runtime from the environment
     from fmhub.errors import FmhubError
-    from fmhub.export import check_runtime
+    from fmhub.onnx_runtime import check_runtime
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FMHUB_RUNTIME", "tensorrt")

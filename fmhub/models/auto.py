@@ -56,3 +56,29 @@ def describe_load_error(model_id: str, what: str, err: Exception) -> str:
         return f"cannot load {what} from {model_id}: {first}"
     hint = " (HF_HUB_OFFLINE is set)" if offline else " (no network, or the id does not exist)"
     return f"cannot load {what} {model_id!r}: not a local folder and not reachable on the Hub{hint}"
+
+
+def load_checked(scenario, folder: Path):
+    """`scenario.load_model(folder)`, with one clear line for damaged or unsafe weight files, and NaN/Inf weights
+    refused (RELIABILITY.md items 11-12)."""
+    import pickle
+
+    import torch
+    from safetensors import SafetensorError
+
+    try:
+        model, processor = scenario.load_model(folder)
+    except SafetensorError as err:
+        reason = " ".join(str(err).split())
+        raise FmhubError(
+            f"cannot load the model in {folder}: model.safetensors is damaged or truncated ({reason})"
+        ) from None
+    except (pickle.UnpicklingError, RuntimeError) as err:
+        if not isinstance(err, pickle.UnpicklingError) and "weights_only" not in str(err):
+            raise
+        raise FmhubError(f"cannot load the model in {folder}: its weights are a pickle that is not plain tensors "
+                         "(refused, nothing in it was run); save models as safetensors") from None
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise FmhubError(f"refusing to load the model in {folder}: weight {name} holds NaN/Inf values")
+    return model, processor

@@ -9,10 +9,9 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from fmhub.errors import FmhubError
 from fmhub.model_folder import ModelFolder
+from fmhub.models.auto import load_checked
 
 # server-side micro-batching (see MicroBatcher): at most this many items per merged call, and how long a batch may wait
 # for more requests once concurrent traffic has been seen (a lone request never waits)
@@ -20,36 +19,11 @@ MICRO_BATCH_MAX_ITEMS = 32
 MICRO_BATCH_MAX_WAIT_S = 0.003
 
 
-def load_checked(scenario, folder: Path):
-    """`scenario.load_model(folder)`, with one clear line for damaged or unsafe weight files, and NaN/Inf weights
-    refused (RELIABILITY.md items 11-12)."""
-    import pickle
-
-    from safetensors import SafetensorError
-
-    try:
-        model, processor = scenario.load_model(folder)
-    except SafetensorError as err:
-        reason = " ".join(str(err).split())
-        raise FmhubError(
-            f"cannot load the model in {folder}: model.safetensors is damaged or truncated ({reason})"
-        ) from None
-    except (pickle.UnpicklingError, RuntimeError) as err:
-        if not isinstance(err, pickle.UnpicklingError) and "weights_only" not in str(err):
-            raise
-        raise FmhubError(f"cannot load the model in {folder}: its weights are a pickle that is not plain tensors "
-                         "(refused, nothing in it was run); save models as safetensors") from None
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise FmhubError(f"refusing to load the model in {folder}: weight {name} holds NaN/Inf values")
-    return model, processor
-
-
 class Predictor:
     """Base class: `predict(items) -> list[dict]` with label, score and scores per item."""
 
     def __init__(self, folder: Path, scenario, runtime: str | None = None):
-        from fmhub.export import check_runtime, load_onnx
+        from fmhub.onnx_runtime import check_runtime, load_onnx
 
         self.folder = Path(folder)
         self.scenario_name = scenario.name

@@ -36,7 +36,7 @@ class MedicalImagePredictor(Predictor):
         loaded on the first explanation asked for."""
         with self._explainer_lock:
             if self._explainer is None:
-                from fmhub.predictors.base import load_checked
+                from fmhub.models.auto import load_checked
 
                 self._explainer = load_checked(self._scenario, self.folder)[0].eval()
             return self._explainer
