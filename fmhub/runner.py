@@ -182,7 +182,7 @@ def _train(config, scenario, backbone, out, final, accelerator, lock, progress, 
             out = _save_run(config, scenario, backbone, engine, processor, out, final, label_names, settings, results,
                             result, lock)
     if config.export == "onnx" and accelerator.is_main_process:
-        from fmhub.onnx_runtime import export_model
+        from fmhub.export import export_model
 
         export_model(out, data=config.data)
     accelerator.wait_for_everyone()
