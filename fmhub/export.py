@@ -81,7 +81,7 @@ def _graph(scenario, model, processor):
         return (_TextGraph(model, names), tuple(enc[n] for n in names), names, ["logits", "last_hidden_state"], axes)
     if scenario.modality == "image":
         size = tuple(processor["input_size"])
-        return (_ImageGraph(model.timm_model), (torch.randn(2, *size),), ["pixel_values"], ["logits"],
+        return (_LogitsGraph(model, "pixel_values"), (torch.randn(2, *size),), ["pixel_values"], ["logits"],
                 {"pixel_values": {0: "batch_size"}, "logits": {0: "batch_size"}})
     if scenario.modality == "audio":
         from fmhub import audio
@@ -91,15 +91,6 @@ def _graph(scenario, model, processor):
         return (_LogitsGraph(model, key), (inputs[key],), [key], ["logits"],
                 {key: {0: "batch_size"}, "logits": {0: "batch_size"}})
     raise FmhubError(f"no ONNX export for {scenario.modality} models")
-
-
-class _ImageGraph(torch.nn.Module):
-    def __init__(self, timm_model):
-        super().__init__()
-        self.timm_model = timm_model
-
-    def forward(self, pixel_values):
-        return self.timm_model(pixel_values)
 
 
 def _export_fp32(scenario, model, processor, path: Path) -> None:
