@@ -36,7 +36,8 @@ def _bytes(path: Path) -> int | None:
 
 
 def measure(scenario: str, folder: Path, work: Path, reps: int, concurrency: int) -> dict:
-    from fmhub.export import FP32_FILE, INT8_FILE, export_model, onnx_dir, read_report
+    from fmhub.export import export_model
+    from fmhub.onnx_runtime import FP32_FILE, INT8_FILE, onnx_dir, read_report
     from fmhub.registry import get_scenario
     from fmhub.runner import evaluate
     from fmhub.serving import load_predictor

@@ -15,6 +15,7 @@ from fmhub import audio
 from fmhub.data import speech_corpus as corpus
 from fmhub.data.audio_data import CLIP, SILENCE, UNKNOWN, corpus_dir
 from fmhub.errors import FmhubError
+from fmhub.ood import softmax
 
 HOP_S = 0.25
 REFRACTORY_S = 1.0
@@ -31,8 +32,7 @@ def window_probs(model, extractor, windows: np.ndarray, batch_size: int = 128, t
     out = []
     for i in range(0, len(windows), batch_size):
         inputs = audio.features(extractor, windows[i:i + batch_size])
-        logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float()
-        out.append((logits / temperature).softmax(-1).cpu().numpy())
+        out.append(softmax(model(**{k: v.to(device) for k, v in inputs.items()}).logits, temperature))
     return np.concatenate(out) if out else np.zeros((0, model.config.num_labels), np.float32)
 
 

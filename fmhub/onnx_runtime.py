@@ -45,7 +45,8 @@ def read_report(folder: Path) -> dict | None:
 # -- ONNX Runtime -------------------------------------------------------------------------------------------------
 def session(path: Path, threads: int | None = None):
     """An ONNX Runtime CPU session with thread settings for small machines: intra-op threads = the cores this
-    process may use (at most 4), no inter-op pool; one clear line for a missing, corrupt or unsupported file."""
+    process may use (at most 4), no inter-op pool, no spinning; one clear line for a missing, corrupt or unsupported
+    file."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -58,6 +59,9 @@ def session(path: Path, threads: int | None = None):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # idle pool threads sleep instead of spinning: a server's own threads (tokenizers, Gradio, numpy) need the cores
+    # between runs; with spinning, 8 concurrent text requests on 2 cores ran 1.4x slower (benchmarks/onnx_runtime.py)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, NotImplemented, ...)

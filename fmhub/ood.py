@@ -22,10 +22,28 @@ BATCH = 64
 MAX_REFUSED_BY_DISTANCE = 0.01  # share of correct in-scope validation answers the distance may refuse
 
 
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
-    """[B, T, H] hidden states averaged over each row's real tokens -> [B, H] float32: the score's features."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu().numpy()
+def mean_pool(hidden, attention_mask) -> np.ndarray:
+    """[B, T, H] hidden states averaged over each row's real tokens -> [B, H] float32: the score's features.
+
+    Tensors or arrays; the sum runs in numpy, which beside an ONNX Runtime session is far cheaper than a torch op."""
+    hidden, mask = as_numpy(hidden), as_numpy(attention_mask)[..., None].astype(np.float32)
+    return (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1.0)
+
+
+def as_numpy(values) -> np.ndarray:
+    """A float32/int array of a tensor (any device, any float dtype) or an array."""
+    if torch.is_tensor(values):
+        values = values.detach()
+        return (values.float() if values.is_floating_point() else values).cpu().numpy()
+    values = np.asarray(values)
+    return values.astype(np.float32, copy=False) if values.dtype.kind == "f" else values
+
+
+def softmax(logits, temperature: float = 1.0) -> np.ndarray:
+    """[N, C] probabilities of logits (tensor or array) divided by the calibrated temperature, in numpy."""
+    z = as_numpy(logits) / temperature
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 @torch.no_grad()
@@ -57,6 +75,7 @@ class DistanceScorer:
     def __init__(self, means: np.ndarray, precision: np.ndarray):
         self.means = np.asarray(means, dtype=np.float64)
         self.precision = np.asarray(precision, dtype=np.float64)
+        self._means_term = ((self.means @ self.precision) * self.means).sum(1)  # m'Pm of every class mean
 
     @classmethod
     def fit(cls, features: np.ndarray, labels: np.ndarray, num_classes: int, shrinkage: float = SHRINKAGE):
@@ -80,8 +99,10 @@ class DistanceScorer:
         features = np.asarray(features, dtype=np.float64)
         if not len(features):
             return np.zeros(0)
-        diff = features[:, None, :] - self.means[None, :, :]  # N x C x H
-        return np.einsum("nch,hk,nck->nc", diff, self.precision, diff, optimize=True).min(1)
+        # (x - m)' P (x - m) = x'Px - 2 x'Pm + m'Pm for every class mean m at once (P is symmetric)
+        projected = features @ self.precision
+        own = (projected * features).sum(1, keepdims=True)
+        return np.maximum(own - 2 * projected @ self.means.T + self._means_term, 0.0).min(1)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"means": self.means.astype(np.float32), "precision": self.precision.astype(np.float32)}

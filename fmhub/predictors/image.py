@@ -10,6 +10,7 @@ import torch
 
 from fmhub.errors import FmhubError
 from fmhub.imaging import open_image
+from fmhub.ood import softmax
 from fmhub.predictors.base import Predictor
 
 
@@ -44,8 +45,8 @@ class MedicalImagePredictor(Predictor):
     @torch.no_grad()
     def predict_proba(self, pixels: torch.Tensor) -> np.ndarray:
         with self._lock:
-            logits = self.model(pixel_values=pixels)["logits"].float()
-        return (logits / self.temperature).softmax(-1).numpy()
+            logits = self.model(pixel_values=pixels)["logits"]
+        return softmax(logits, self.temperature)
 
     def predict(self, items: list, gradcam: bool = False, batch_size: int = 32) -> list[dict]:
         """One result per item, in order. An unreadable item gets {"label": None, "error": ..., "notice"} and the

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fmhub.errors import FmhubError
-from fmhub.ood import DistanceScorer, mean_pool
+from fmhub.ood import DistanceScorer, mean_pool, softmax
 from fmhub.predictors.base import Predictor
 
 MAX_TEXT_CHARS = 2000  # server-side cap before tokenization; the tokenizer also truncates to the model maximum
@@ -61,7 +61,7 @@ class TextIntentPredictor(Predictor):
             enc = self.processor(chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
             with self._lock:
                 out = self.model(**enc, output_hidden_states=use_distance)
-            probs.append((out.logits.float() / self.temperature).softmax(-1).numpy())
+            probs.append(softmax(out.logits, self.temperature))
             if use_distance:
                 features.append(mean_pool(out.hidden_states[-1], enc["attention_mask"]))
         all_probs = np.concatenate(probs) if probs else np.zeros((0, len(self.label_names)))

@@ -20,14 +20,6 @@ if TYPE_CHECKING:
 OOD_ARRAYS = "_ood_arrays"  # settings key of the distance score's arrays: saved as a file, never in the manifest
 
 
-def _softmax(logits):
-    import numpy as np
-
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def oos_metrics(probs, labels, accept, near_miss=None) -> dict:
     """In-scope accuracy after the out-of-scope decision (`accept`: answered as in scope), out-of-scope recall
     (overall; near-miss and ordinary apart when `near_miss` marks any row) and 13-way accuracy."""
@@ -178,7 +170,7 @@ class CustomerService(Scenario):
         threshold calibrated on validation together with the confidence threshold already chosen."""
         import numpy as np
 
-        from fmhub.ood import DistanceScorer, calibrate_distance, logits_and_features
+        from fmhub.ood import DistanceScorer, calibrate_distance, logits_and_features, softmax
 
         train, val = data["train"], data["validation"]
         train_labels = np.asarray(train["label"])
@@ -187,7 +179,7 @@ class CustomerService(Scenario):
         scorer = DistanceScorer.fit(train_features, train_labels[keep], model.config.num_labels)
         logits, features = logits_and_features(model, processor, list(val["text"]), config.max_length)
         labels = np.asarray(val["label"])
-        probs = _softmax(logits)
+        probs = softmax(logits)
         accepted = probs.max(1) >= settings.get("oos_threshold", 0.0)
         threshold, how = calibrate_distance(scorer.score(features), probs.argmax(1) == labels, accepted, labels >= 0)
         return {"ood_method": "mahalanobis", "ood_threshold": threshold, "ood_calibration": how,
@@ -211,13 +203,13 @@ class CustomerService(Scenario):
         the embedded near-miss messages are also scored on their own."""
         import numpy as np
 
-        from fmhub.ood import DistanceScorer, logits_and_features
+        from fmhub.ood import DistanceScorer, logits_and_features, softmax
 
         if not len(split):
             return {}
         texts, labels = list(split["text"]), np.asarray(split["label"])
         logits, features = logits_and_features(model, processor, texts, config.max_length)
-        probs = _softmax(logits / settings.get("temperature", 1.0))
+        probs = softmax(logits, settings.get("temperature", 1.0))
         by_confidence = probs.max(1) >= settings.get("oos_threshold", 0.0)
         near = np.asarray(intents.is_near_miss(texts)) & (labels < 0)
         arrays = settings.get(OOD_ARRAYS)
