@@ -188,3 +188,75 @@ def test_train_with_export_onnx_writes_the_export_and_a_retrain_drops_a_stale_on
     assert report["files"][FP32_FILE]["parity"]["top_label_agreement"] >= 0.999
     assert main([*args, "--overwrite"]) == 0  # new weights, no --export: the old graph must not survive
     assert not (out / ONNX_DIR).exists()
+
+
+def _readme_snippet(scenario: str) -> str:
+    """The README's script for running an export without fmhub (the code block after `<!-- snippet:NAME -->`)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split(f"<!-- snippet:{scenario} -->", 1)[1]
+    return block.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("scenario", ["customer-service", "medical-image", "voice-command"])
+def test_the_readme_script_without_fmhub_gives_fmhubs_top_label(exported, scenario, tmp_path):
+    """In a clean process where `import fmhub` fails, ONNX Runtime on the served graph (onnx/model_quantized.onnx; the
+    tiny voice model's int8 graph fails the parity bar, so fp32 there) plus the folder's own tokenizer / preprocessing
+    gives the top label fmhub's ONNX Predictor gives: the README's scripts, run as they are."""
+    import subprocess
+    import sys
+
+    from fmhub.serving import load_predictor
+
+    folder = exported[scenario]
+    rows = [json.loads(line) for line in _inputs(scenario, tmp_path).read_text().splitlines()]
+    if scenario == "customer-service":
+        items = [r["text"] for r in rows if r["text"]]
+    else:
+        items = [r["path"] for r in rows if not r["path"].endswith("long.wav")]  # the script takes 1 s clips
+    script = tmp_path / "snippet.py"
+    script.write_text(_readme_snippet(scenario))
+    blocked = "import runpy, sys; sys.modules['fmhub'] = None; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0])"
+    done = subprocess.run([sys.executable, "-c", blocked, str(script), str(folder), *items], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                           "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = done.stdout.split("\n")[: len(items)]
+    predictor = load_predictor(scenario, str(folder), "onnx")
+    ours = [max(r["scores"], key=r["scores"].get) for r in predictor.predict(
+        items if scenario == "customer-service" else [Path(p) for p in items])]
+    assert theirs == ours
+
+
+def test_the_app_serves_every_tab_on_onnx_runtime(exported, tmp_path):
+    """`python app.py --runtime onnx`: the launched hub app answers each tab's API from the ONNX sessions with the
+    ONNX Predictor's labels, and the medical tab still draws its Grad-CAM overlay."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    from fmhub.serving import load_predictor
+    from fmhub.ui.app import AppConfig, build_app, launch
+
+    config = AppConfig(models={s: str(f) for s, f in exported.items()}, bootstrap=False, runtime="onnx")
+    config.port = None
+    demo, slots = build_app(config)
+    launch(demo, config, prevent_thread_lock=True, quiet=True)
+    try:
+        assert all(slots[s].get().runtime == "onnx" for s in exported)
+        client = Client(demo.local_url, verbose=False)
+        inputs = {s: [json.loads(line) for line in _inputs(s, tmp_path, n=3).read_text().splitlines()]
+                  for s in exported}
+        for row in inputs["customer-service"][:2]:
+            answer = client.predict(row["text"], api_name="/classify_intent")
+            assert answer == load_predictor("customer-service", str(exported["customer-service"]), "onnx").predict(
+                [row["text"]])[0]
+        image = inputs["medical-image"][0]["path"]
+        scores, overlay, *_ = client.predict(handle_file(image), api_name="/classify_image")
+        ours = load_predictor("medical-image", str(exported["medical-image"]), "onnx").predict([Path(image)])[0]
+        assert scores["label"] == ours["label"]
+        assert np.asarray(Image.open(overlay)).ndim == 3
+        clip = inputs["voice-command"][0]["path"]
+        _, prediction, *_ = client.predict(handle_file(clip), api_name="/classify_audio")
+        assert prediction["label"] == load_predictor("voice-command", str(exported["voice-command"]), "onnx").predict(
+            [Path(clip)])[0]["label"]
+    finally:
+        demo.close()
