@@ -35,6 +35,26 @@ def _bytes(path: Path) -> int | None:
     return path.stat().st_size if path.is_file() else None
 
 
+def readme_script(scenario: str, folder: Path, items: list, predictor, work: Path) -> dict:
+    """The README's script for running an export without fmhub, in a process where `import fmhub` fails, against the
+    ONNX Predictor's top label."""
+    import subprocess
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    script = work / f"snippet-{scenario}.py"
+    script.write_text(readme.split(f"<!-- snippet:{scenario} -->", 1)[1].split("```python\n", 1)[1].split("```")[0])
+    items = list(dict.fromkeys(items))
+    blocked = "import runpy, sys; sys.modules['fmhub'] = None; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0])"
+    done = subprocess.run([sys.executable, "-c", blocked, str(script), str(folder), *items], capture_output=True,
+                          text=True, cwd=work, timeout=600)
+    if done.returncode:
+        return {"error": done.stderr[-500:]}
+    theirs = done.stdout.split("\n")[: len(items)]
+    ours = [max(r["scores"], key=r["scores"].get) for r in predictor.predict(
+        items if scenario == "customer-service" else [Path(x) for x in items])]
+    return {"inputs": len(items), "same_top_label": sum(a == b for a, b in zip(theirs, ours, strict=True))}
+
+
 def measure(scenario: str, folder: Path, work: Path, reps: int, concurrency: int) -> dict:
     from fmhub.export import export_model
     from fmhub.onnx_runtime import FP32_FILE, INT8_FILE, onnx_dir, read_report
@@ -58,6 +78,7 @@ def measure(scenario: str, folder: Path, work: Path, reps: int, concurrency: int
     torch_p = load_predictor(scenario, str(folder), "torch")
     onnx_p = load_predictor(scenario, str(folder), "onnx")
     same = sum(torch_p.predict([x])[0]["label"] == onnx_p.predict([x])[0]["label"] for x in inputs[:50])
+    script = readme_script(scenario, folder, inputs[:50], onnx_p, work)
     single = serving.latency({"torch": serving.fmhub_call(torch_p), "onnx": serving.fmhub_call(onnx_p)},
                              inputs[:SIZES["latency"][scenario]])
     systems = {"torch": serving.fmhub_call(torch_p), "onnx": serving.fmhub_call(onnx_p)}
@@ -78,7 +99,8 @@ def measure(scenario: str, folder: Path, work: Path, reps: int, concurrency: int
             "quantization"], "export_parity": {k: v["parity"] for k, v in report["files"].items()},
         "bytes": {"safetensors": _bytes(weights), "onnx_fp32": _bytes(onnx_dir(folder) / FP32_FILE),
                   "onnx_int8": _bytes(onnx_dir(folder) / INT8_FILE)},
-        "test": scores, "same_label_of_50_inputs": same, "batch1": single, "concurrent": loaded,
+        "test": scores, "same_label_of_50_inputs": same,
+        "readme_script_without_fmhub": script, "batch1": single, "concurrent": loaded,
         "concurrency": concurrency,
         "batch1_p50_speedup": common.ratio(single["torch"]["p50_ms"], single["onnx"]["p50_ms"]),
         "throughput_speedup": common.ratio(loaded["onnx"]["requests_per_s"], loaded["torch"]["requests_per_s"]),
