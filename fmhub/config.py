@@ -78,6 +78,10 @@ class TrainConfig:
     freeze_backbone_epochs: int = field(
         default=0, metadata={"help": "train only the head for this many epochs (pretrained backbones only)"}
     )
+    freeze_layers: int = field(
+        default=0, metadata={"help": "audio, pretrained Whisper-style encoders: keep the convolutional stem and the "
+                                     "first N transformer layers fixed (the voice default: 2)"}
+    )
     augment: bool = field(default=True, metadata={"help": "training-time augmentation (image, audio)"})
     voice_families: str | None = field(
         default=None, metadata={"help": "audio, embedded corpus: synthesizer families to train on, comma-separated "

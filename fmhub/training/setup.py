@@ -18,7 +18,7 @@ from accelerate.utils import (
 
 from fmhub.config import TrainConfig
 
-HEAD_KEYWORDS = ("classifier", "head.fc", "fc.")
+HEAD_KEYWORDS = ("classifier", "projector", "head.fc", "fc.")  # projector: transformers audio heads
 
 
 def make_accelerator(config: TrainConfig, output_dir: Path | None) -> Accelerator:
