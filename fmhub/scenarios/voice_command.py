@@ -11,6 +11,8 @@ Data loading lives in `fmhub.data.audio_data`, detection in `fmhub.keyword_spott
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +43,20 @@ SILENCE, UNKNOWN = "_silence_", "_unknown_"
 HOP_S, REFRACTORY_S = 0.25, 1.0  # the detector's defaults, recorded with the threshold (fmhub.keyword_spotting)
 FA_STREAM_SECONDS = 900.0  # 15 minutes of non-command audio spoken by the held-out test voices
 FA_SWEEP = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+@contextlib.contextmanager
+def quiet_load_report(quiet: bool):
+    """transformers' weight-loading report (a line per unused or new weight) off while loading, if `quiet`."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def freeze_lower_layers(model, layers: int) -> None:
@@ -150,8 +166,13 @@ class VoiceCommand(Scenario):
                                                 n_fft=extractor.n_fft, chunk_length=1)
             labels["max_source_positions"] = extractor.nb_max_frames // 2
         if config.pretrained:
-            model = load_pretrained(AutoModelForAudioClassification, backbone, "audio model",
-                                    ignore_mismatched_sizes=True, **labels)
+            whisper = isinstance(extractor, WhisperFeatureExtractor)
+            with quiet_load_report(whisper):  # a speech-recognition checkpoint: ~120 lines of unused decoder weights
+                model = load_pretrained(AutoModelForAudioClassification, backbone, "audio model",
+                                        ignore_mismatched_sizes=True, **labels)
+            if whisper:
+                print(f"fmhub: {backbone}: pretrained encoder loaded, trimmed to 1 s; its decoder is not used and the "
+                      "classification head is new", file=sys.stderr)
             freeze_lower_layers(model, config.freeze_layers)
         else:
             model_config = load_pretrained(AutoConfig, backbone, "model config", **labels)
