@@ -150,7 +150,7 @@ class VoiceCommand(Scenario):
         labels = label_maps(label_names)
         backbone = self.resolve_backbone(config.model)
         if backbone == LOCAL_BACKBONE:
-            # no pretrained audio weights exist offline: this backbone always starts from scratch
+            # a local architecture with no pretrained weights anywhere: it always starts from scratch
             config.pretrained = False  # recorded as it ran, in train_config.yaml and the manifest
             model = WhisperForAudioClassification(WhisperConfig(**LOCAL_WHISPER, **labels))
             extractor = WhisperFeatureExtractor(feature_size=LOCAL_WHISPER["num_mel_bins"], chunk_length=1,
