@@ -3,6 +3,8 @@ cached, and the feature-level augmentation (mel warp, tilt, masks) that teaches 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -81,11 +83,29 @@ def test_merged_corpus_repeats_the_small_families_in_training_only(extra_family)
     merged = vc.load_embedded([vc.ESPEAK, extra_family], ad.corpus_dir())
     espeak = vc.load_family(vc.ESPEAK, ad.corpus_dir())
     family = vc.load_family(extra_family, ad.corpus_dir())
+    hard = vc.load_hard_negatives(ad.corpus_dir())
     for split in corpus.SPLITS:
         repeat = vc.FAMILY_TRAIN_REPEAT if split == "train" else 1
-        assert len(merged[split][1]) == len(espeak[split][1]) + repeat * len(family[split][1])
+        extra = len(hard[1]) if split == "train" else 0
+        assert len(merged[split][1]) == len(espeak[split][1]) + repeat * len(family[split][1]) + extra
     alone = vc.load_embedded([extra_family], ad.corpus_dir())  # noise clips come along without espeak-ng's words
     assert "_silence_" in alone["train"][1] and not any(v.startswith("espeak-ng:") for v in alone["train"][2])
+
+
+def test_hard_negatives_are_stream_windows_of_training_voices_in_training_only():
+    waves, labels, voices = vc.load_hard_negatives(ad.corpus_dir())
+    assert waves.shape[1] == corpus.CLIP_SAMPLES and len(waves) > 400 and set(labels) == {"_unknown_"}
+    with np.load(vc.hard_negatives_path(ad.corpus_dir()), allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+    assert meta["voices"] == corpus.split_voices("train")  # never a validation or test voice
+    assert not set(meta["voices"]) & (set(corpus.split_voices("validation")) | set(corpus.split_voices("test")))
+    loud = np.abs(waves.astype(np.float32)).max(axis=1)
+    assert np.median(loud) > 1000  # windows hold speech, not only the stream's noise
+    merged = vc.load_embedded([vc.ESPEAK], ad.corpus_dir())
+    assert merged["train"][2].count("espeak-ng:stream") == len(waves)
+    assert all("espeak-ng:stream" not in merged[s][2] for s in ("validation", "test"))
+    again = vc.load_hard_negatives(ad.corpus_dir())[0]  # cached: the same windows
+    assert np.array_equal(again, waves)
 
 
 def test_feature_augmentation_with_neutral_draws_is_the_identity():

