@@ -292,7 +292,8 @@ class VoiceCommand(Scenario):
                 "real speakers (four English, sixteen reading English with another language's diphones), SVOX Pico "
                 "(Debian) and GnuSpeech's articulatory synthesizer with 16 speakers (npm). The ten commands and "
                 "48 other words (`_unknown_`, including near-misses such as 'now', 'top', 'gone'), at random tempos "
-                "and pitches, plus `_silence_` clips of noise. Training adds speed/pitch/tempo changes, time shifts, "
+                "and pitches, 1 s windows cut from a stream of noise and other words (parts of words, ends and "
+                "starts of two words) as more `_unknown_`, plus `_silence_` clips of noise. Training adds speed/pitch/tempo changes, time shifts, "
                 "reverb, band-limiting, noise at 5-30 dB SNR, gain changes, and on the log-mel features a "
                 "vocal-tract warp, microphone colouring and SpecAugment masks, differently each epoch."
                 if embedded else f"`{data_source}`"),
