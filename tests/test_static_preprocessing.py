@@ -42,6 +42,7 @@ const ops = {
     })
   },
   fit: (r) => r.clips.map((clip) => encode(voice.fitClip(floats(clip), 16000))),
+  resample: (r) => r.clips.map((clip) => encode(voice.resample(floats(clip), r.rate, 16000))),
 }
 process.stdout.write(JSON.stringify(ops[request.op](request)))
 """
@@ -235,6 +236,25 @@ def test_fit_clip_matches_python(speech, tmp_path):
     got = run_js(tmp_path, {"op": "fit", "clips": [b64(c.astype("<f4")) for c in clips]})
     for clip, have in zip(clips, got, strict=True):
         assert np.array_equal(floats(have), audio.fit_clip(clip))
+
+
+@pytest.mark.parametrize("rate", [8000, 44100, 48000])
+def test_resample_is_close_to_soxr(speech, tmp_path, rate):
+    """voice.js's windowed sinc against fmhub's soxr on real speech: close, not equal (the page may also let WebAudio
+    resample). Compared away from the clip's ends, where the two filters' edge handling differs."""
+    from fmhub import audio
+
+    clips = [audio.resample(c, audio.SAMPLE_RATE, rate) for c in speech[:6]]
+    got = run_js(tmp_path, {"op": "resample", "rate": rate, "clips": [b64(c.astype("<f4")) for c in clips]})
+    worst = 0.0
+    for clip, have in zip(clips, got, strict=True):
+        want = audio.resample(clip, rate, audio.SAMPLE_RATE)
+        have = floats(have)
+        assert abs(len(have) - len(want)) <= 1
+        n = min(len(have), len(want))
+        worst = max(worst, float(np.abs(have[200:n - 200] - want[200:n - 200]).max()))
+    print(f"resample {rate} Hz -> 16 kHz: max abs difference from soxr {worst:.3g}")
+    assert worst < (2e-2 if rate < audio.SAMPLE_RATE else 3e-3)  # up from 8 kHz, the filters' edges differ most
 
 
 def window_logits(windows: np.ndarray) -> np.ndarray:

@@ -30,9 +30,12 @@
 //   FmhubVoice.toMono(channels)  -> Float32Array: the average of an AudioBuffer's channels (or arrays of samples),
 //       brought back into [-1, 1] when it peaks above 1, as fmhub.audio.to_mono_float does
 //   FmhubVoice.resample(samples, fromRate, toRate = 16000)  -> Float32Array, windowed-sinc and clipped to [-1, 1].
-//       fmhub resamples with soxr: the two agree to about 1e-3, not to the bit. Decoding with an
-//       OfflineAudioContext at 16 kHz (see decodeToMono16k) is the page's other way there.
-//   FmhubVoice.decodeToMono16k(arrayBuffer)  -> Promise<Float32Array> (browser only): WebAudio decode + resample
+//       fmhub resamples with soxr: on speech the two differ by at most about 1e-3 from 44.1/48 kHz and 7e-3 up
+//       from 8 kHz, not to the bit, so features of resampled audio are close to fmhub's but not equal.
+//   FmhubVoice.decodeToMono16k(arrayBuffer)  -> Promise<Float32Array> (browser only): a file's bytes decoded by
+//       WebAudio, which also brings them to 16 kHz with the browser's own resampler (decodeAudioData returns the
+//       context's rate), then averaged to mono. `resample` is for samples the page holds at another rate, such as
+//       a microphone stream at 48 kHz.
 //
 // Features: Whisper's recipe with torch's STFT: a periodic Hann window of n_fft samples, frames every hop_length
 // samples over the clip reflect-padded by n_fft / 2 at both ends, the power spectrum (the FFT runs in float64 here),
@@ -89,23 +92,41 @@
     return out
   }
 
+  function gcd(a, b) {
+    return b ? gcd(b, a % b) : a
+  }
+
+  // A Blackman-windowed sinc low-pass at just under the lower Nyquist rate, 32 zero crossings to each side
   function resample(samples, fromRate, toRate = SAMPLE_RATE) {
-    if (!(fromRate > 0 && toRate > 0)) fail(`invalid sample rates ${fromRate} -> ${toRate}`)
+    if (!(Number.isInteger(fromRate) && Number.isInteger(toRate) && fromRate > 0 && toRate > 0)) {
+      fail(`invalid sample rates ${fromRate} -> ${toRate} (whole numbers of Hz)`)
+    }
     if (fromRate === toRate || !samples.length) return Float32Array.from(samples)
-    const ratio = toRate / fromRate
-    const cutoff = 0.5 * Math.min(1, ratio) * 0.96 // cycles per input sample, just under the lower Nyquist rate
-    const half = Math.ceil(16 / (2 * cutoff)) // 16 zero crossings of the sinc on each side
-    const out = new Float32Array(Math.round(samples.length * ratio))
+    const cutoff = 0.5 * Math.min(1, toRate / fromRate) * 0.98 // cycles per input sample
+    const half = Math.ceil(32 / (2 * cutoff)) // input samples to each side of an output sample
+    const kernel = (d) => {
+      const arg = 2 * cutoff * d
+      const window = 0.42 + 0.5 * Math.cos((Math.PI * d) / half) + 0.08 * Math.cos((2 * Math.PI * d) / half)
+      return 2 * cutoff * (arg === 0 ? 1 : Math.sin(Math.PI * arg) / (Math.PI * arg)) * window
+    }
+    // output i sits at input position i * fromRate / toRate: its fraction takes `phases` values, tabulated once
+    const phases = toRate / gcd(fromRate, toRate)
+    const taps = 2 * half + 1
+    const table = phases <= 4096 ? new Float64Array(phases * taps) : null
+    if (table) {
+      for (let ph = 0; ph < phases; ph++) {
+        for (let k = 0; k < taps; k++) table[ph * taps + k] = kernel(ph / phases + half - k)
+      }
+    }
+    const out = new Float32Array(Math.round((samples.length * toRate) / fromRate))
     for (let i = 0; i < out.length; i++) {
-      const t = i / ratio
-      const lo = Math.max(0, Math.ceil(t - half))
-      const hi = Math.min(samples.length - 1, Math.floor(t + half))
+      const whole = Math.floor((i * fromRate) / toRate)
+      const phase = (i * fromRate) % toRate / (toRate / phases) // exact: an integer below `phases`
       let sum = 0
-      for (let j = lo; j <= hi; j++) {
-        const d = t - j
-        const window = 0.42 + 0.5 * Math.cos((Math.PI * d) / half) + 0.08 * Math.cos((2 * Math.PI * d) / half)
-        const arg = 2 * cutoff * d
-        sum += samples[j] * 2 * cutoff * (arg === 0 ? 1 : Math.sin(Math.PI * arg) / (Math.PI * arg)) * window
+      for (let k = 0; k < taps; k++) { // input sample whole - half + k, at distance phase / phases + half - k
+        const j = whole - half + k
+        if (j < 0 || j >= samples.length) continue
+        sum += samples[j] * (table ? table[phase * taps + k] : kernel(phase / phases + half - k))
       }
       out[i] = Math.max(-1, Math.min(1, sum))
     }
@@ -115,7 +136,7 @@
   async function decodeToMono16k(arrayBuffer) {
     if (typeof OfflineAudioContext === 'undefined') fail('decodeToMono16k needs a browser (WebAudio)')
     const decoded = await new OfflineAudioContext(1, 1, SAMPLE_RATE).decodeAudioData(arrayBuffer.slice(0))
-    return resample(toMono(decoded), decoded.sampleRate, SAMPLE_RATE)
+    return resample(toMono(decoded), decoded.sampleRate, SAMPLE_RATE) // a no-op where the browser followed the spec
   }
 
   function fitClip(samples, length = SAMPLE_RATE) {
@@ -138,7 +159,7 @@
         best = start
       }
     }
-    out.set(samples.subarray ? samples.subarray(best, best + length) : samples.slice(best, best + length))
+    out.set(samples.slice(best, best + length))
     return out
   }
 
@@ -165,7 +186,8 @@
       cos[k] = Math.cos((2 * Math.PI * k) / n)
       sin[k] = -Math.sin((2 * Math.PI * k) / n)
     }
-    const plan = { n, factors, cos, sin }
+    const scratch = factors.map((p) => ({ re: new Float64Array(p), im: new Float64Array(p) })) // one per level
+    const plan = { n, factors, cos, sin, scratch }
     plans.set(n, plan)
     return plan
   }
@@ -181,8 +203,7 @@
     const m = size / p
     for (let j = 0; j < p; j++) fftInto(plan, inRe, offset + j * stride, stride * p, outRe, outIm, at + j * m, m, level + 1)
     const step = plan.n / size // W_size^e = W_n^(e * step)
-    const tRe = new Float64Array(p)
-    const tIm = new Float64Array(p)
+    const { re: tRe, im: tIm } = plan.scratch[level] // deeper levels are done with theirs by now
     for (let k = 0; k < m; k++) {
       for (let j = 0; j < p; j++) { // the j-th sub-transform's k-th value, turned by W_size^(j k)
         const e = (j * k * step) % plan.n
@@ -213,7 +234,8 @@
     return new Uint8Array(Buffer.from(text, 'base64'))
   }
 
-  // The mel filters as a Float32Array [bins * mels], bin-major, from any of the accepted layouts
+  // The mel filters ({weights: Float32Array [bins * mels], bin-major; first, end: each filter's non-zero bins}),
+  // from any of the accepted layouts
   function melFilters(config) {
     const bins = config.n_fft / 2 + 1
     const mels = config.feature_size
@@ -233,8 +255,17 @@
       fail('config.mel_filters is missing (from fmhub.static_assets.voice_features_config)')
     }
     if (flat.length !== bins * mels) fail(`mel_filters hold ${flat.length} values, expected ${bins} x ${mels}`)
-    if (given && typeof given === 'object') filterCache.set(given, flat)
-    return flat
+    const filters = { weights: flat, first: new Int32Array(mels), end: new Int32Array(mels) }
+    for (let m = 0; m < mels; m++) { // each filter's non-zero bins: the sum skips only exact zeros
+      let f = 0
+      while (f < bins && flat[f * mels + m] === 0) f++
+      let end = bins
+      while (end > f && flat[(end - 1) * mels + m] === 0) end--
+      filters.first[m] = f
+      filters.end[m] = end
+    }
+    if (given && typeof given === 'object') filterCache.set(given, filters)
+    return filters
   }
 
   function hann(n) { // periodic, as torch.hann_window
@@ -252,7 +283,7 @@
     const filters = melFilters(config)
     const pad = nFft / 2
     const x = new Float32Array(length).fill(config.padding_value || 0) // the extractor's float32 input, padded or cut
-    x.set(samples.length > length ? samples.subarray ? samples.subarray(0, length) : samples.slice(0, length) : samples)
+    x.set(samples.length > length ? samples.slice(0, length) : samples)
     const padded = new Float64Array(length + 2 * pad) // torch.stft(center=True): reflect padding at both ends
     for (let i = 0; i < padded.length; i++) {
       let j = i - pad
@@ -277,7 +308,7 @@
       for (let f = 0; f < bins; f++) power[f] = re[f] * re[f] + im[f] * im[f]
       for (let m = 0; m < mels; m++) {
         let sum = 0
-        for (let f = 0; f < bins; f++) sum += filters[f * mels + m] * power[f]
+        for (let f = filters.first[m]; f < filters.end[m]; f++) sum += filters.weights[f * mels + m] * power[f]
         const v = Math.log10(Math.max(sum, 1e-10))
         logs[m * frames + t] = v
         if (v > top) top = v
