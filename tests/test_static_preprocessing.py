@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,8 +44,23 @@ const ops = {
   },
   fit: (r) => r.clips.map((clip) => encode(voice.fitClip(floats(clip), 16000))),
   resample: (r) => r.clips.map((clip) => encode(voice.resample(floats(clip), r.rate, 16000))),
+  classify: async (r) => { // the whole browser path, onnxruntime-web included
+    const ort = require(process.env.FMHUB_ONNXRUNTIME_WEB)
+    ort.env.wasm.numThreads = 1
+    const image_session = await ort.InferenceSession.create(r.image_model)
+    const voice_session = await ort.InferenceSession.create(r.voice_model)
+    const images = []
+    for (const im of r.images) {
+      images.push(await image.classify(image_session, {data: bytes(im.rgba), width: im.width, height: im.height},
+                                       r.image_config, {ort}))
+    }
+    const clips = []
+    for (const clip of r.clips) clips.push(await voice.classify(voice_session, floats(clip), r.voice_config, {ort}))
+    return {images, clips}
+  },
 }
-process.stdout.write(JSON.stringify(ops[request.op](request)))
+Promise.resolve(ops[request.op](request)).then((out) => process.stdout.write(JSON.stringify(out)))
+  .catch((err) => { console.error(err); process.exit(1) })
 """
 
 
@@ -331,3 +347,48 @@ def test_voice_config_refuses_non_whisper_extractors(tmp_path):
     ModelFolder(tmp_path).write({"scenario": "voice-command", "label_names": LABELS})
     with pytest.raises(FmhubError, match="Whisper log-mel features only"):
         voice_features_config(tmp_path)
+
+
+# -- the whole browser path, with onnxruntime-web -------------------------------------------------------------------
+ORT_WEB = os.environ.get("FMHUB_ONNXRUNTIME_WEB")  # the onnxruntime-web package folder, e.g. after
+# `npm install --prefix /tmp/ort onnxruntime-web`: /tmp/ort/node_modules/onnxruntime-web (not a project dependency)
+
+
+def export_fp32(folder: Path, scenario_name: str) -> Path:
+    """The folder's fp32 ONNX graph as `fmhub export` traces it (without the int8 step and its parity data)."""
+    from fmhub.export import _export_fp32
+    from fmhub.models.auto import load_checked
+    from fmhub.onnx_runtime import FP32_FILE, onnx_dir
+    from fmhub.registry import get_scenario
+
+    scenario = get_scenario(scenario_name)
+    model, processor = load_checked(scenario, folder)
+    onnx_dir(folder).mkdir(exist_ok=True)
+    _export_fp32(scenario, model.eval(), processor, onnx_dir(folder) / FP32_FILE)
+    return onnx_dir(folder) / FP32_FILE
+
+
+@pytest.mark.skipif(not ORT_WEB, reason="set FMHUB_ONNXRUNTIME_WEB to an onnxruntime-web package folder")
+def test_browser_path_matches_the_onnx_predictors(image_folder, speech, tmp_path):
+    """image.js and voice.js `classify` on onnxruntime-web (WebAssembly, as in a browser) against the predictors on
+    ONNX Runtime (`--runtime onnx`), from the same exported graphs."""
+    from fmhub.registry import get_scenario
+    from fmhub.static_assets import image_preprocessing_config, voice_features_config
+
+    images = embedded_images(10)
+    clips = [speech[0], speech[1][:9000], np.concatenate(speech[2:5]), np.zeros(20000, np.float32)]
+    voice = voice_folder(tmp_path, 64, 320, 0.5)
+    request = {"op": "classify", "image_model": str(export_fp32(image_folder, "medical-image")),
+               "voice_model": str(export_fp32(voice, "voice-command")),
+               "image_config": image_preprocessing_config(image_folder), "voice_config": voice_features_config(voice),
+               "images": [{"rgba": b64(a), "width": a.shape[1], "height": a.shape[0]} for a in images],
+               "clips": [b64(c.astype("<f4")) for c in clips]}
+    got = run_js(tmp_path, request)
+    expected = (get_scenario("medical-image").predictor(image_folder, runtime="onnx").predict(images)
+                + get_scenario("voice-command").predictor(voice, runtime="onnx").predict(clips))
+    worst = 0.0
+    for want, have in zip(expected, got["images"] + got["clips"], strict=True):
+        assert have["label"] == want["label"] and have.get("command") == want.get("command")
+        worst = max(worst, *(abs(have["scores"][k] - v) for k, v in want["scores"].items()))
+    print(f"onnxruntime-web vs ONNX Runtime: max probability difference {worst:.3g}")
+    assert worst < 1e-4
