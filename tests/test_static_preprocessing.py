@@ -43,6 +43,7 @@ const ops = {
     })
   },
   fit: (r) => r.clips.map((clip) => encode(voice.fitClip(floats(clip), 16000))),
+  round: (r) => r.values.map(([x, digits]) => voice.pyRound(x, digits)),
   resample: (r) => r.clips.map((clip) => encode(voice.resample(floats(clip), r.rate, 16000))),
   classify: async (r) => { // the whole browser path, onnxruntime-web included
     const ort = require(process.env.FMHUB_ONNXRUNTIME_WEB)
@@ -135,6 +136,7 @@ def embedded_images(n: int = 20) -> list[np.ndarray]:
         {"input_size": [3, 80, 112], "interpolation": "bicubic"},  # non-square: timm keeps the aspect ratio
         {"input_size": [3, 100, 100], "interpolation": "lanczos", "crop_mode": "squash", "crop_pct": 0.9},
         {"input_size": [3, 150, 150], "interpolation": "hamming", "crop_pct": 1.1},  # upscale, then zero padding
+        {"input_size": [3, 72, 72], "interpolation": "box"},
     ],
 )
 def test_pixel_values_match_fmhub_preprocessing(image_folder, tmp_path, changes):
@@ -333,6 +335,14 @@ def test_detections_match_keyword_spotting_across_a_stream(tmp_path):
     got = run_js(tmp_path, {"op": "detections", "labels": LABELS, "threshold": 0.6, "chunks": chunks})
     assert sum(map(len, expected)) > 3
     assert got == expected  # times such as 0.625 round half to even, as Python's round
+
+
+def test_rounding_is_pythons(tmp_path):
+    """Scores and times are rounded as Python's round(): exact halves (0.625 s, 0.3125 s) to the even neighbour."""
+    rng = np.random.default_rng(1)
+    values = [[float(x), d] for d in (2, 3, 4, 6) for x in rng.uniform(-2, 2, 50)]
+    values += [[k / 8 + 0.5, 2] for k in range(-8, 40)] + [[k / 16, 2] for k in range(40)] + [[2.5, 0], [0.0, 6]]
+    assert run_js(tmp_path, {"op": "round", "values": values}) == [round(x, d) for x, d in values]
 
 
 def test_voice_config_refuses_non_whisper_extractors(tmp_path):

@@ -34,13 +34,12 @@
 // ICC colour profiles and reduce 16-bit PNGs to 8 bits their own way (fmhub scales 16-bit images by their maximum);
 // EXIF orientation is applied by both. Opaque 8-bit sRGB images (the common case) arrive identical.
 ;(function (root, factory) {
-  const api = factory()
+  const api = factory(root)
   if (typeof module !== 'undefined' && module.exports) module.exports = api
   else root.FmhubImage = api
-})(typeof globalThis !== 'undefined' ? globalThis : this, function () {
+})(typeof globalThis !== 'undefined' ? globalThis : this, function (root) {
   'use strict'
 
-  const root = typeof globalThis !== 'undefined' ? globalThis : {}
   const PRECISION_BITS = 22 // Pillow's 8-bit resampling: coefficients in 32 - 8 - 2 bits of fixed point
   const ONE = 2 ** PRECISION_BITS
   const HALF = 2 ** (PRECISION_BITS - 1)
@@ -284,7 +283,16 @@
     return z
   }
 
-  const round6 = (p) => Math.round(p * 1e6) / 1e6
+  // Python's round(p, 6) for a probability: the nearest millionth, exact halves to the even neighbour
+  function round6(p) {
+    const exact = p.toFixed(100) // the double's exact decimal expansion
+    const rest = exact.slice(exact.indexOf('.') + 7)
+    if (/^50*$/.test(rest)) {
+      const down = Number(exact.slice(0, exact.indexOf('.') + 7))
+      return Number((down + (Math.round(down * 1e6) % 2 ? 1e-6 : 0)).toFixed(6))
+    }
+    return Number(p.toFixed(6))
+  }
 
   function decide(logits, config, topK = 3) {
     const names = config.label_names
