@@ -61,21 +61,30 @@ class StandInSpaces(types.ModuleType):
 
 @pytest.fixture(scope="module")
 def models(tiny_text_backbone, tiny_audio_backbone, tmp_path_factory) -> dict[str, str]:
-    """One tiny model per scenario, trained for one step on a few rows (these tests check where calls run, not
-    what the models answer)."""
-    from fmhub.scenarios.voice_command import VoiceCommand
+    """One tiny model folder per scenario (these tests check where calls run, not what the models answer): text and
+    image trained for one step on a few rows through the real CLI; the audio one saved untrained, as a training run
+    would first spend minutes building the embedded speech corpus."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
+
+    from fmhub.data import speech_corpus
+    from fmhub.data.audio_data import SILENCE, UNKNOWN
 
     quick = ["--max-samples-per-class", "4", "--epochs", "1", "--max-steps", "1", "--report-to", "none"]
     backbones = {"customer-service": [str(tiny_text_backbone)],
-                 "medical-image": ["test_efficientnet", "--no-pretrained", "--image-size", "64"],
-                 "voice-command": [str(tiny_audio_backbone), "--no-pretrained"]}
+                 "medical-image": ["test_efficientnet", "--no-pretrained", "--image-size", "64"]}
     folders = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(VoiceCommand, "fa_stream_seconds", 5.0)  # the false-accept stream (default: 15 minutes)
-        for name, (backbone, *extra) in backbones.items():
-            folders[name] = str(tmp_path_factory.mktemp(name))
-            assert main(["train", "--scenario", name, "--model", backbone, *extra, *quick,
-                         "--output-dir", folders[name]]) == 0
+    for name, (backbone, *extra) in backbones.items():
+        folders[name] = str(tmp_path_factory.mktemp(name))
+        assert main(["train", "--scenario", name, "--model", backbone, *extra, *quick,
+                     "--output-dir", folders[name]]) == 0
+    voice = tmp_path_factory.mktemp("voice-command")
+    labels = [*speech_corpus.COMMANDS, UNKNOWN, SILENCE]
+    config = WhisperConfig.from_pretrained(tiny_audio_backbone, id2label=dict(enumerate(labels)),
+                                           label2id={n: i for i, n in enumerate(labels)})
+    WhisperForAudioClassification(config).save_pretrained(voice)
+    WhisperFeatureExtractor.from_pretrained(tiny_audio_backbone).save_pretrained(voice)
+    (voice / "fmhub.json").write_text(json.dumps({"scenario": "voice-command", "label_names": labels}))
+    folders["voice-command"] = str(voice)
     return folders
 
 
@@ -121,7 +130,9 @@ def api(demo, name: str):
 
 
 def tab_ids(demo) -> list[str]:
-    return [c["props"]["id"] for c in demo.get_config_file()["components"] if c["type"] == "tabitem"]
+    """The ids of the app's tabs (the scenario names; tabs inside a scenario's tab have none)."""
+    tabs = [c["props"].get("id") for c in demo.get_config_file()["components"] if c["type"] == "tabitem"]
+    return [tab for tab in tabs if tab is not None]
 
 
 def image_bytes() -> bytes:
