@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -222,8 +223,6 @@ def run_spaces(args: argparse.Namespace) -> int:
 
 def run_static_spaces(args: argparse.Namespace, models: dict[str, str | None]) -> int:
     """`fmhub spaces build|deploy --static`: the static Space builder of `fmhub.static_space`."""
-    import importlib
-
     try:
         static_space = importlib.import_module("fmhub.static_space")
     except ModuleNotFoundError as err:

@@ -138,7 +138,7 @@ def space_readme(scenario: str, models: dict[str, str | None] | None = None) -> 
     """README.md with the Spaces YAML; its `models:` lists every Hub model id the Space serves (the Hub links them)."""
     models = space_models(scenario, models)
     classes = [scenario_class(name) for name in models]
-    hub_ids = [ref for ref in models.values() if is_hub_id(ref)]  # a local folder is no Hub model
+    hub_ids = list(dict.fromkeys(ref for ref in models.values() if is_hub_id(ref)))  # a local folder is no Hub model
     if scenario == ALL:
         title, emoji = "fmhub demo hub", "🤗"
         short = f"{len(classes)} fine-tuned demos in one tabbed app"
