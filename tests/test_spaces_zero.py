@@ -227,6 +227,15 @@ def test_cpu_spaces_are_unchanged(models, monkeypatch):
     assert key[3] == "cpu" and predictor.device == "cpu" and isinstance(predictor.predict, MicroBatcher)
 
 
+def test_zero_gpu_without_the_spaces_package_says_what_to_install(models, monkeypatch):
+    from fmhub.ui.space import build_space_demo
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "1")
+    monkeypatch.setitem(sys.modules, "spaces", None)
+    with pytest.raises(FmhubError, match="pip install spaces"):
+        build_space_demo("customer-service", models["customer-service"])
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_inputs_follow_the_model_device(scenario, models, tmp_path):
     """`Predictor.to(device)`: what reaches the model is on that device (torch's "meta" device stands in for cuda;

@@ -24,6 +24,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from fmhub.errors import FmhubError  # noqa: E402
 from fmhub.ui.app import (  # noqa: E402
     CONCURRENCY,
     MAX_IMAGE_PIXELS,
@@ -51,9 +52,10 @@ def on_zero_gpu() -> bool:
 def serve_on_zero_gpu(slots: Iterable[ModelSlot], device: str = ZERO_GPU_DEVICE) -> list[str]:
     """Load each slot's model now, place it on `device` and route its model calls through `spaces.GPU` (see the
     module docstring). Call it at import time, on the main thread. Returns the scenarios now served from the GPU."""
-    import spaces
     from fmhub.onnx_runtime import check_runtime
     from fmhub.serving import load_predictor
+
+    spaces = _zero_gpu_package()
 
     on_gpu = []
     for slot in slots:
@@ -74,6 +76,18 @@ def serve_on_zero_gpu(slots: Iterable[ModelSlot], device: str = ZERO_GPU_DEVICE)
         slot.serve(predictor.route_model_calls(lambda method, seconds: spaces.GPU(method, duration=seconds)))
         on_gpu.append(slot.scenario)
     return on_gpu
+
+
+def _zero_gpu_package():
+    """The `spaces` package (preinstalled on ZeroGPU Spaces), or a clear error."""
+    try:
+        import spaces
+    except ImportError:
+        spaces = None
+    if not callable(getattr(spaces, "GPU", None)):  # e.g. the fmhub repository's own spaces/ folder
+        raise FmhubError("SPACES_ZERO_GPU is set but the ZeroGPU `spaces` package cannot be imported: "
+                         "pip install spaces, or unset SPACES_ZERO_GPU")
+    return spaces
 
 
 def _start(slots: Iterable[ModelSlot], bootstrap: bool = True) -> None:
