@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -85,19 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true")
     push.add_argument("--revision", help="branch to push to (created if missing)")
 
-    spaces = sub.add_parser("spaces", help="Hugging Face Spaces: build or deploy a scenario's Space")
+    spaces = sub.add_parser("spaces", help="Hugging Face Spaces: build or deploy one scenario's Space, or the whole "
+                                           "hub (--scenario all) as one Space")
     spaces_sub = spaces.add_subparsers(dest="spaces_command", required=True, parser_class=_Parser)
+    space_scenarios = [*scenarios, "all"]
+    model_help = ("the model a tab serves: --model SCENARIO=ID, once per tab (e.g. --model customer-service=user/cs); "
+                  "a single-scenario Space also takes --model ID; tabs not named serve the embedded default")
+    static_help = "a static Space (HTML and JavaScript, no server: free to host on any account), not a Gradio app"
     deploy = spaces_sub.add_parser("deploy", help="create the Space repo and upload a self-contained folder")
-    deploy.add_argument("--scenario", choices=scenarios, required=True)
+    deploy.add_argument("--scenario", choices=space_scenarios, required=True,
+                        help=f"{' | '.join(scenarios)} | all (every tab, as `python app.py`)")
     deploy.add_argument("--space-id", required=True, help="user/name of the Space")
-    deploy.add_argument("--model", help="Hub id of the model the Space serves (linked in its README)")
+    deploy.add_argument("--model", action="append", help=model_help + " (Hub ids, linked in the Space's README)")
     deploy.add_argument("--private", action="store_true")
+    deploy.add_argument("--static", action="store_true", help=static_help)
     build = spaces_sub.add_parser("build", help="write the self-contained Space folder locally")
-    build.add_argument("--scenario", choices=scenarios, required=True)
+    build.add_argument("--scenario", choices=space_scenarios, required=True,
+                       help=f"{' | '.join(scenarios)} | all (every tab, as `python app.py`)")
     build.add_argument("--output-dir", required=True)
-    build.add_argument("--model", help="Hub id or folder the Space serves")
+    build.add_argument("--model", action="append", help=model_help + " (Hub ids or folders)")
     build.add_argument("--overwrite", action="store_true",
                        help="write into a non-empty folder fmhub did not create (app.py, README.md, ... are replaced)")
+    build.add_argument("--static", action="store_true", help=static_help)
 
     serve = sub.add_parser("serve", help="run the hub app (same as python app.py)")
     serve.add_argument("--host", default=None)
@@ -196,13 +206,37 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def run_spaces(args: argparse.Namespace) -> int:
+    from fmhub.spaces import parse_model_flags
+
+    models = parse_model_flags(args.scenario, args.model)
+    if args.static:
+        return run_static_spaces(args, models)
     from fmhub.spaces import deploy_space, write_space_folder
 
     if args.spaces_command == "deploy":
-        print(f"deployed to {deploy_space(args.scenario, args.space_id, args.model, private=args.private)}")
+        print(f"deployed to {deploy_space(args.scenario, args.space_id, models, private=args.private)}")
     else:
-        folder = write_space_folder(args.scenario, Path(args.output_dir), args.model, overwrite=args.overwrite)
+        folder = write_space_folder(args.scenario, Path(args.output_dir), models, overwrite=args.overwrite)
         print(f"Space folder written to {folder}")
+    return 0
+
+
+def run_static_spaces(args: argparse.Namespace, models: dict[str, str | None]) -> int:
+    """`fmhub spaces build|deploy --static`: the static Space builder of `fmhub.static_space`."""
+    try:
+        static_space = importlib.import_module("fmhub.static_space")
+    except ModuleNotFoundError as err:
+        if err.name != "fmhub.static_space":
+            raise
+        raise FmhubError("--static needs the fmhub.static_space module, which this fmhub installation does not "
+                         "have; build a Gradio Space instead (leave out --static)") from None
+    if args.spaces_command == "deploy":
+        url = static_space.deploy_static_space(args.scenario, args.space_id, models, private=args.private)
+        print(f"deployed to {url}")
+    else:
+        folder = static_space.build_static_space(args.scenario, Path(args.output_dir), models,
+                                                 overwrite=args.overwrite)
+        print(f"static Space folder written to {folder}")
     return 0
 
 

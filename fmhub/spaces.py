@@ -1,7 +1,10 @@
-"""Hugging Face Spaces: the per-scenario Space folders (`spaces/<scenario>/`) and `fmhub spaces deploy`.
+"""Hugging Face Spaces: the per-scenario Space folders (`spaces/<scenario>/`), the whole hub as one Space
+(`--scenario all`), and `fmhub spaces build | deploy`.
 
-A Space folder is self-contained: `app.py` builds the same tab as the hub app, `requirements.txt` pins what it needs,
-`README.md` carries the Spaces YAML, and the deploy command copies the `fmhub` package beside them.
+A Space folder is self-contained: `app.py` builds the same tab (or, for `all`, the same tabs) as the hub app,
+`requirements.txt` pins what it needs, `README.md` carries the Spaces YAML, and the deploy command copies the `fmhub`
+package beside them. Which model each tab serves is a `models` mapping, scenario name -> Hub id or folder (None: the
+embedded default).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import yaml
 from fmhub.errors import FmhubError
 from fmhub.hubids import check_repo_id, is_hub_id
 from fmhub.model_folder import OutputFolder, write_errors
-from fmhub.registry import scenario_class
+from fmhub.registry import list_scenarios, scenario_class
+
+ALL = "all"  # `--scenario all`: every registered scenario's tab in one Space, as `python app.py` serves them
 
 GRADIO_VERSION = "6.31.0"
 REQUIREMENTS = [
@@ -55,21 +60,110 @@ if __name__ == "__main__":
     launch_space(demo)
 '''
 
+HUB_APP_TEMPLATE = '''"""Hugging Face Space: the fmhub demo hub, one tab per scenario (the app of `python app.py`).
 
-def space_readme(scenario: str, model: str | None) -> str:
-    cls = scenario_class(scenario)
-    title, short = cls.title, cls.description
+Models: a tab's `FMHUB_<SCENARIO>_MODEL` variable (e.g. `FMHUB_CUSTOMER_SERVICE_MODEL`: a Hub id or folder), else
+`fmhub_space.json`'s models, else the embedded default (fine-tuned on first start). Runs locally too:
+`pip install -r requirements.txt && python app.py`.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+for candidate in (HERE, HERE.parent.parent):  # deployed: fmhub/ beside this file; in the fmhub repo: two levels up
+    if (candidate / "fmhub" / "__init__.py").is_file():
+        sys.path.insert(0, str(candidate))
+        break
+
+from fmhub.ui.space import build_hub_space_demo, launch_space  # noqa: E402
+
+settings = json.loads((HERE / "fmhub_space.json").read_text()) if (HERE / "fmhub_space.json").is_file() else {}
+demo = build_hub_space_demo(settings.get("models") or {})
+
+if __name__ == "__main__":
+    launch_space(demo)
+'''
+
+
+def space_scenarios(scenario: str) -> list[str]:
+    """The scenarios a Space serves: every registered one for `all`, else `scenario` (an unknown name fails here,
+    with the registered ones listed)."""
+    if scenario == ALL:
+        return list_scenarios()
+    scenario_class(scenario)
+    return [scenario]
+
+
+def space_models(scenario: str, models: dict[str, str | None] | None = None) -> dict[str, str | None]:
+    """`models` checked against the Space's scenarios and completed: one entry per scenario, None = embedded
+    default."""
+    names = space_scenarios(scenario)
+    unknown = sorted(set(models or {}) - set(names))
+    if unknown:
+        raise FmhubError(f"--model names {', '.join(map(repr, unknown))}, which the {scenario!r} Space does not serve "
+                         f"(it serves: {', '.join(names)})")
+    return {name: (models or {}).get(name) for name in names}
+
+
+def parse_model_flags(scenario: str, values: list[str] | None) -> dict[str, str | None]:
+    """`--model` flags -> {scenario: Hub id or folder} for every scenario of the Space (None: embedded default).
+
+    `--model SCENARIO=REF`, once per tab; a single-scenario Space also takes a bare `--model REF`.
+    """
+    names = space_scenarios(scenario)
+    models: dict[str, str | None] = {}
+    for value in values or []:
+        name, sep, ref = value.partition("=")
+        if not sep:
+            if scenario == ALL:
+                raise FmhubError(f"--model {value!r}: with --scenario all, say which tab it is for: "
+                                 f"--model SCENARIO=ID, SCENARIO one of {', '.join(names)}")
+            name, ref = scenario, value
+        if name not in list_scenarios():
+            raise FmhubError(f"--model {value!r}: unknown scenario {name!r} "
+                             f"(scenarios: {', '.join(list_scenarios())})")
+        if name not in names:
+            raise FmhubError(f"--model {value!r} is for {name}, not for this {scenario} Space")
+        if name in models:
+            raise FmhubError(f"--model is given twice for {name}")
+        if not ref.strip():
+            raise FmhubError(f"--model {value!r} names no model")
+        models[name] = ref.strip()
+    return space_models(scenario, models)
+
+
+def space_readme(scenario: str, models: dict[str, str | None] | None = None) -> str:
+    """README.md with the Spaces YAML; its `models:` lists every Hub model id the Space serves (the Hub links them)."""
+    models = space_models(scenario, models)
+    classes = [scenario_class(name) for name in models]
+    hub_ids = list(dict.fromkeys(ref for ref in models.values() if is_hub_id(ref)))  # a local folder is no Hub model
+    if scenario == ALL:
+        title, emoji = "fmhub demo hub", "🤗"
+        short = f"{len(classes)} fine-tuned demos in one tabbed app"
+        licenses = {cls.license for cls in classes}
+        license_ = licenses.pop() if len(licenses) == 1 else "other"
+    else:
+        cls = classes[0]
+        title, emoji, short, license_ = cls.title, cls.emoji, cls.description, cls.license
     meta = {
-        "title": title, "emoji": cls.emoji, "colorFrom": "indigo", "colorTo": "blue", "sdk": "gradio",
-        "sdk_version": GRADIO_VERSION, "app_file": "app.py", "pinned": False, "license": cls.license,
-        "short_description": short, "tags": ["fmhub", scenario],
+        "title": title, "emoji": emoji, "colorFrom": "indigo", "colorTo": "blue", "sdk": "gradio",
+        "sdk_version": GRADIO_VERSION, "app_file": "app.py", "pinned": False, "license": license_,
+        "short_description": short, "tags": ["fmhub", *models],
     }
-    if is_hub_id(model):  # the Hub links the Space to the model page; a local folder is no Hub model
-        meta["models"] = [model]
-    notice = f"\n**{cls.notice}**\n" if cls.notice else ""
-    return (f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n\n# {title}\n\n{short}.\n{notice}\n"
-            f"Built with fmhub: the `{scenario}` tab of the fmhub demo hub as a standalone Space. "
-            f"Model: {_model_link(model)}.\n")
+    if hub_ids:
+        meta["models"] = hub_ids
+    front = f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n\n# {title}\n\n{short}.\n"
+    if scenario != ALL:
+        notice = f"\n**{cls.notice}**\n" if cls.notice else ""
+        model = models[scenario]
+        return (f"{front}{notice}\nBuilt with fmhub: the `{scenario}` tab of the fmhub demo hub as a standalone "
+                f"Space. Model: {_model_link(model)}.\n")
+    rows = "".join(f"| {cls.title} | {cls.description} | {_model_link(models[cls.name])} |\n" for cls in classes)
+    notices = "".join(f"\n**{cls.title}: {cls.notice}**\n" for cls in classes if cls.notice)
+    return (f"{front}{notices}\nBuilt with fmhub: the fmhub demo hub, one tab per scenario.\n\n"
+            f"| tab | what it does | model |\n|---|---|---|\n{rows}")
 
 
 def _model_link(model: str | None) -> str:
@@ -78,59 +172,71 @@ def _model_link(model: str | None) -> str:
     return f"`{model}`" if model else "the embedded default (fine-tuned on first start)"
 
 
-def write_space_folder(scenario: str, folder: Path, model: str | None = None, bundle_package: bool = True,
-                       overwrite: bool = False) -> Path:
+def write_space_folder(scenario: str, folder: Path, models: dict[str, str | None] | None = None,
+                       bundle_package: bool = True, overwrite: bool = False) -> Path:
     """app.py, README.md, requirements.txt (+ the fmhub package and fmhub_space.json when bundling).
 
-    A non-empty folder fmhub did not create is refused (nothing written) unless `overwrite`. A bundled folder (what
-    `fmhub spaces build` writes) is marked as fmhub's, so building into it again needs no flag; the checked-in
-    `spaces/<scenario>/` folders (no bundle) stay exactly the three Space files.
+    `scenario`: a registered name, or `all` for the whole hub. A non-empty folder fmhub did not create is refused
+    (nothing written) unless `overwrite`. A bundled folder (what `fmhub spaces build` writes) is marked as fmhub's, so
+    building into it again needs no flag; the checked-in `spaces/<scenario>/` folders (no bundle) stay exactly the
+    three Space files.
     """
-    scenario_class(scenario)  # an unknown name fails here, with the registered ones listed
+    models = space_models(scenario, models)
     target = OutputFolder(folder)
     target.check_writable(overwrite)
     folder = target.path
+    if scenario == ALL:
+        app, settings = HUB_APP_TEMPLATE, {"scenario": ALL, "models": models}
+    else:
+        app, settings = APP_TEMPLATE.format(scenario=scenario), {"scenario": scenario, "model": models[scenario]}
     with write_errors(f"the Space folder {folder}"):
         folder.mkdir(parents=True, exist_ok=True)
         if bundle_package:
             target.claim()
-        (folder / "app.py").write_text(APP_TEMPLATE.format(scenario=scenario))
-        (folder / "README.md").write_text(space_readme(scenario, model))
+        (folder / "app.py").write_text(app)
+        (folder / "README.md").write_text(space_readme(scenario, models))
         (folder / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
         if bundle_package:
             package = Path(__file__).resolve().parent
             shutil.copytree(package, folder / "fmhub", dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            (folder / "fmhub_space.json").write_text(json.dumps({"scenario": scenario, "model": model}, indent=2)
-                                                     + "\n")
+            (folder / "fmhub_space.json").write_text(json.dumps(settings, indent=2) + "\n")
     return folder
 
 
-def deploy_space(scenario: str, space_id: str, model: str | None = None, private: bool = False) -> str:
-    """Create the Space repo (gradio SDK) and upload a self-contained folder in one commit."""
+def deploy_space(scenario: str, space_id: str, models: dict[str, str | None] | None = None,
+                 private: bool = False) -> str:
+    """Create the Space repo (gradio SDK) and upload a self-contained folder in one commit. Every model must be a Hub
+    id that exists (or None: the embedded default)."""
     from huggingface_hub import HfApi
 
     from fmhub.hub import commit_once, describe_hub_failure, hub_token, quiet_hub_logs, upload_operations
 
     check_repo_id(space_id, "Space id")
-    if model is not None:
+    models = space_models(scenario, models)
+    for name, model in models.items():
+        if model is None:
+            continue
+        flag = model if scenario != ALL else f"{name}={model}"
         if not is_hub_id(model):
-            raise FmhubError(f"--model {model!r} is not a Hub model id; push the folder first "
+            raise FmhubError(f"--model {flag!r} is not a Hub model id; push the folder first "
                              "(`fmhub push --model FOLDER --repo-id user/name`) and deploy with that id")
         check_repo_id(model, "model id")
     token = hub_token()
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="fmhub-space-") as tmp:
-        folder = write_space_folder(scenario, Path(tmp) / "space", model)
+        folder = write_space_folder(scenario, Path(tmp) / "space", models)
         try:
-            if model is not None and not api.repo_exists(model):
-                raise FmhubError(f"model {model!r} is not on the Hub (or this token cannot read it); "
-                                 "push it first with `fmhub push`")
+            for model in filter(None, models.values()):
+                if not api.repo_exists(model):
+                    raise FmhubError(f"model {model!r} is not on the Hub (or this token cannot read it); "
+                                     "push it first with `fmhub push`")
             with quiet_hub_logs():
                 api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
                 # one commit request, skipped when the Space already holds these files: upload_folder retries the
                 # commit on a 5xx and so duplicates a commit whose answer was lost
-                commit_once(api, space_id, upload_operations(folder, space_id), f"Deploy fmhub {scenario} Space",
+                what = "hub (all tabs)" if scenario == ALL else scenario
+                commit_once(api, space_id, upload_operations(folder, space_id), f"Deploy fmhub {what} Space",
                             repo_type="space")
         except FmhubError:
             raise

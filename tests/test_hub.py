@@ -482,9 +482,9 @@ def test_space_readme_is_valid_spaces_yaml(space, tmp_path):
     # the checked-in folder is exactly what the generator writes (so a deploy uploads what the repo shows)
     generated = write_space_folder(space.name, tmp_path / space.name, bundle_package=False)
     assert tree_digest(generated) == tree_digest(space)
-    linked = SpaceCard(space_readme(space.name, f"{USER}/some-model")).data.to_dict()
+    linked = SpaceCard(space_readme(space.name, {space.name: f"{USER}/some-model"})).data.to_dict()
     assert linked["models"] == [f"{USER}/some-model"]
-    assert "models" not in SpaceCard(space_readme(space.name, str(space))).data.to_dict()  # a folder is no Hub id
+    assert "models" not in SpaceCard(space_readme(space.name, {space.name: str(space)})).data.to_dict()  # a folder
 
 
 def test_spaces_deploy_creates_a_gradio_space_repo(case, deployed, hub, tmp_path):

@@ -29,6 +29,9 @@ class VoiceCommandPredictor(Predictor):
     channel count. Clips up to 1 s are classified whole; longer ones are scanned with the streaming detector's
     sliding window and report every detection with its time."""
 
+    # `predict_windows`: the streaming detector's entry point (one call per chunk of a live stream)
+    model_calls = {"predict": 30, "predict_windows": 20}
+
     def __init__(self, folder: Path, scenario, runtime: str | None = None):
         super().__init__(folder, scenario, runtime)
         self.threshold = float(self.settings.get("detection_threshold", 0.5))

@@ -1,15 +1,18 @@
 """The Predictor base every scenario's predictor builds on: load a saved folder once (safely), one forward pass at
-a time, and server-side micro-batching of concurrent calls. Scenario predictors live beside it in this package."""
+a time, server-side micro-batching of concurrent calls, and the hooks a GPU host needs (`to`, `route_model_calls`).
+Scenario predictors live beside it in this package."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from fmhub.errors import FmhubError
 from fmhub.model_folder import ModelFolder
 from fmhub.models.auto import load_checked
 
@@ -21,6 +24,12 @@ MICRO_BATCH_MAX_WAIT_S = 0.003
 
 class Predictor:
     """Base class: `predict(items) -> list[dict]` with label, score and scores per item."""
+
+    # the methods that run the model (what a GPU host must run on its GPU), each with the seconds one call may take
+    # there: one request's forward pass (and Grad-CAM) on these small models takes well under a second, the rest is
+    # the first call's copy of the weights; a ZeroGPU Space asks for this much GPU time per call (its default is 60 s,
+    # and shorter calls are scheduled sooner)
+    model_calls: dict[str, int] = {"predict": 20}
 
     def __init__(self, folder: Path, scenario, runtime: str | None = None):
         from fmhub.onnx_runtime import check_runtime, load_onnx
@@ -37,7 +46,27 @@ class Predictor:
             self.model.config.id2label[i] for i in range(len(self.model.config.id2label))
         ]
         self.temperature = float(self.settings.get("temperature", 1.0))
+        self.device = "cpu"  # where the model runs; inputs are moved there (see `to`)
         self._lock = threading.Lock()  # one forward pass at a time per model; torch uses the cores itself
+
+    def to(self, device: str) -> Predictor:
+        """Run the model on `device` ("cuda", ...); inputs are moved there. PyTorch runtime only.
+
+        The weights stay float32: the calibrated thresholds (temperature, out-of-scope, detection) were fitted on
+        float32 outputs, and for models this small half precision saves nothing a visitor would notice."""
+        if self.runtime != "torch":
+            raise FmhubError(f"the {self.runtime} runtime runs on CPU only; use the torch runtime for {device}")
+        self.model.to(device)
+        self.device = device
+        return self
+
+    def route_model_calls(self, wrap: Callable[[Callable, int], Callable]) -> Predictor:
+        """Replace each method of `model_calls` on this predictor by `wrap(method, seconds)` (a ZeroGPU Space passes
+        `spaces.GPU`), so that every forward pass runs inside a wrapped call. Micro-batching is dropped: its worker
+        thread would run the calls outside the request that asked for them (ZeroGPU bills that request's visitor)."""
+        for name, seconds in self.model_calls.items():
+            setattr(self, name, wrap(getattr(type(self), name).__get__(self), seconds))
+        return self
 
     def enable_micro_batching(
         self, max_items: int = MICRO_BATCH_MAX_ITEMS, max_wait_s: float = MICRO_BATCH_MAX_WAIT_S

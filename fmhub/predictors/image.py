@@ -20,6 +20,8 @@ class MedicalImagePredictor(Predictor):
     Items: file paths, bytes, PIL images or arrays; see `fmhub.imaging.open_image` for the checks and conversions.
     """
 
+    model_calls = {"predict": 30}  # Grad-CAM included; its first call also measures the layer's geometry
+
     def __init__(self, folder: Path, scenario, runtime: str | None = None):
         import threading
 
@@ -45,7 +47,7 @@ class MedicalImagePredictor(Predictor):
     @torch.no_grad()
     def predict_proba(self, pixels: torch.Tensor) -> np.ndarray:
         with self._lock:
-            logits = self.model(pixel_values=pixels)["logits"]
+            logits = self.model(pixel_values=pixels.to(self.device))["logits"]
         return softmax(logits, self.temperature)
 
     def predict(self, items: list, gradcam: bool = False, batch_size: int = 32) -> list[dict]:

@@ -59,6 +59,7 @@ class TextIntentPredictor(Predictor):
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
             enc = self.processor(chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+            enc = enc.to(self.device)
             with self._lock:
                 out = self.model(**enc, output_hidden_states=use_distance)
             probs.append(softmax(out.logits, self.temperature))

@@ -206,6 +206,11 @@ def launch(demo: gr.Blocks, config: AppConfig, **kwargs):
     )
 
 
+def model_variable(scenario: str) -> str:
+    """The environment variable that picks a tab's model: `FMHUB_CUSTOMER_SERVICE_MODEL`, ..."""
+    return "FMHUB_" + scenario.upper().replace("-", "_") + "_MODEL"
+
+
 def config_from_args(args: argparse.Namespace) -> AppConfig:
     import yaml
 
@@ -215,7 +220,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
         file_values = yaml.safe_load(Path(config_path).read_text()) or {}
     models = dict(file_values.get("models", {}))
     for scenario in list_scenarios():
-        env = os.environ.get("FMHUB_" + scenario.upper().replace("-", "_") + "_MODEL")
+        env = os.environ.get(model_variable(scenario))
         flag = getattr(args, scenario.replace("-", "_") + "_model", None)
         models[scenario] = flag or env or models.get(scenario)
     host = getattr(args, "host", None) or os.environ.get("FMHUB_HOST") or file_values.get("host") or "127.0.0.1"

@@ -129,6 +129,11 @@ class ModelSlot:
             return self.get()
         return self._load()
 
+    def serve(self, predictor) -> None:
+        """Answer with `predictor` from now on: one loaded and placed by the host (a ZeroGPU Space at start-up)."""
+        with self._lock:
+            self._predictor, self.load_error = predictor, None
+
     def _refuse(self, err: ModelNotReady):
         """Raise `err` once this slot's turn to refuse comes: refusals are paced at REFUSALS_PER_SECOND, so clients
         that retry in a loop cannot keep the cores busy with answers that the model cannot help (no lock held)."""
