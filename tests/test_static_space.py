@@ -1,0 +1,335 @@
+"""Static Spaces: the customer-service page runs the int8 ONNX model in Chromium and answers as Python does.
+
+The built folder is served from 127.0.0.1 by a plain HTTP server (with the COOP/COEP headers the Space's YAML asks
+for); every request that would leave 127.0.0.1 is blocked and recorded, and none may be attempted. 200 test-split
+messages go through the page's `fmhubClassify`, a few through the chat itself, and the labels are compared with the
+Python predictor on ONNX Runtime (`--runtime onnx`). Screenshots land in test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import ARTIFACTS, ROOT
+
+from fmhub.errors import FmhubError
+from fmhub.static_space import (
+    ORT_WEB_FILES,
+    SPACE_HEADERS,
+    build_static_space,
+    folder_size,
+    has_page,
+    ort_web_dist,
+    static_readme,
+)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run", "--disable-quic"]
+MESSAGES = 200
+MIN_AGREEMENT = 0.99
+LOAD_TIMEOUT_MS = 120_000
+TRICKY = [
+    "Café crème, NAÏVE façade — déjà vu?", "我想退货 please", "$100!!! refund?? #order-123", "📦 where is it 📦",
+    "hello\u00a0world\u2003again", "tab\there\nnewline\x07bell", "[SEP] my [CLS] order [MASK]", "İstanbul ΣΊΣΥΦΟΣ",
+    "a" * 150 + " long word", "supercalifragilisticexpialidocious refunds", "  spaced   out  ", "",
+    " ".join(["package"] * 300),  # truncated to the model's length
+]
+
+
+def _ort_web_or_skip():
+    try:
+        return ort_web_dist()
+    except FmhubError as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="module")
+def cs_model(tiny_intent_model, tmp_path_factory) -> Path:
+    """A copy of the tiny intent model (the build exports it in place; the session fixture stays as trained)."""
+    folder = tmp_path_factory.mktemp("static_cs") / "model"
+    shutil.copytree(tiny_intent_model, folder, ignore=shutil.ignore_patterns("checkpoint-*", "onnx"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def static_folder(cs_model, tmp_path_factory) -> Path:
+    _ort_web_or_skip()
+    return build_static_space("customer-service", tmp_path_factory.mktemp("static") / "space",
+                              {"customer-service": str(cs_model)})
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    def end_headers(self):  # the headers the Space's YAML sets: cross-origin isolation, so the wasm gets threads
+        for name, value in SPACE_HEADERS.items():
+            self.send_header(name, value)
+        super().end_headers()
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def served(static_folder):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(static_folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is missing (bash .ci/test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield browser
+        browser.close()
+
+
+class Visit:
+    """A fresh browser context on the page: requests leaving 127.0.0.1 are aborted and recorded, errors kept."""
+
+    def __init__(self, browser, url: str):
+        self.context = browser.new_context(viewport={"width": 1100, "height": 900})
+        self.outside, self.requested, self.errors = [], [], []
+        self.context.route("**/*", self._route)
+        self.page = self.context.new_page()
+        self.page.on("request", lambda request: self.requested.append(request.url))
+        self.page.on("pageerror", lambda err: self.errors.append(str(err)))
+        self.page.on("console", lambda msg: msg.type == "error" and self.errors.append(msg.text))
+        self.url = url
+
+    def _route(self, route):
+        url = route.request.url
+        if urlsplit(url).hostname != "127.0.0.1" and not url.startswith(("data:", "blob:")):
+            self.outside.append(url)
+            route.abort()
+        else:
+            route.continue_()
+
+    def open(self) -> float:
+        started = time.perf_counter()
+        self.page.goto(self.url, wait_until="load")
+        return started
+
+    def check_stayed_local(self) -> None:
+        assert self.outside == [], f"requests leaving 127.0.0.1: {self.outside}"
+        hosts = {urlsplit(u).hostname for u in self.requested if not u.startswith(("data:", "blob:"))}
+        assert hosts == {"127.0.0.1"}, hosts
+        assert self.errors == [], self.errors
+
+    def close(self):
+        self.context.close()
+
+
+def _ask(page, text: str, answers_before: int) -> dict:
+    """Type a message into the chat, send it, wait for the answer; returns what the bubble shows."""
+    page.locator("#cs-message").fill(text)
+    page.locator("#cs-send").click()
+    page.wait_for_function(f"document.querySelectorAll('#cs-log .msg.bot[data-label]').length > {answers_before}",
+                           timeout=LOAD_TIMEOUT_MS)
+    bubble = page.locator("#cs-log .msg.bot[data-label]").nth(answers_before)
+    return {"label": bubble.get_attribute("data-label"), "handoff": bubble.get_attribute("data-handoff") == "true",
+            "text": bubble.inner_text()}
+
+
+def _test_messages() -> list[str]:
+    from fmhub.data.intents import load_embedded_intents
+
+    rows = load_embedded_intents()["test"]
+    random.Random(0).shuffle(rows)
+    return [row["text"] for row in rows[:MESSAGES]]
+
+
+# -- the folder ------------------------------------------------------------------------------------------------------
+def test_folder_holds_the_page_runtime_and_int8_model(static_folder):
+    for name in ("README.md", "index.html", "space.json", "app/common.js", "app/chat.js", "app/wordpiece.js",
+                 "app/style.css", "models/customer-service/onnx/model_quantized.onnx",
+                 "models/customer-service/settings.json", "models/customer-service/tokenizer.json",
+                 *(f"ort/{f}" for f in ORT_WEB_FILES)):
+        assert (static_folder / name).is_file(), name
+    settings = json.loads((static_folder / "models/customer-service/settings.json").read_text())
+    assert settings["onnx"] == "onnx/model_quantized.onnx" and 0 < settings["oos_threshold"] < 1
+    assert settings["faq"] and settings["label_names"] and settings["tokenizer"]["lowercase"] is True
+    page = (static_folder / "index.html").read_text()
+    assert "http://" not in page and "https://" not in page and "{{" not in page
+    space = json.loads((static_folder / "space.json").read_text())
+    assert list(space["scenarios"]) == ["customer-service"]
+    assert str(static_folder.parent) not in json.dumps(space) + json.dumps(settings)  # no local paths published
+    print(f"\nstatic customer-service folder: {folder_size(static_folder) / 1e6:.1f} MB")
+
+
+def test_readme_yaml_is_a_static_space_card(static_folder):
+    from huggingface_hub import SpaceCard
+
+    data = SpaceCard((static_folder / "README.md").read_text()).data
+    assert data.sdk == "static" and data.app_file == "index.html"
+    assert data.to_dict()["custom_headers"] == SPACE_HEADERS
+    assert "models" not in data.to_dict()  # a local folder is no Hub model
+    linked = SpaceCard(static_readme(["customer-service"], {"customer-service": "tester/intents"})).data
+    assert linked.sdk == "static" and linked.models == ["tester/intents"]
+
+
+def test_build_refusals(cs_model, tmp_path, monkeypatch):
+    _ort_web_or_skip()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FmhubError, match="not empty and was not created by fmhub"):
+        build_static_space("customer-service", foreign, {"customer-service": str(cs_model)})
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    with pytest.raises(FmhubError, match="unknown|registered"):
+        build_static_space("nope", tmp_path / "x")
+    with pytest.raises(FmhubError, match="which this build does not hold"):
+        build_static_space("customer-service", tmp_path / "x", {"voice-command": None})
+    monkeypatch.setenv("FMHUB_NODE_MODULES", str(tmp_path / "empty"))
+    with pytest.raises(FmhubError, match=r"onnxruntime-web.*\.ci/install-web"):
+        build_static_space("customer-service", tmp_path / "y", {"customer-service": str(cs_model)})
+    assert not (tmp_path / "y").exists()
+
+
+def test_all_has_a_tab_per_scenario(cs_model, request, tmp_path, browser):
+    _ort_web_or_skip()
+    models = {"customer-service": str(cs_model)}
+    for scenario, fixture in (("medical-image", "tiny_image_model"), ("voice-command", "tiny_audio_model")):
+        if has_page(scenario):  # its page exists: build it with the tiny model, not the embedded default
+            models[scenario] = str(request.getfixturevalue(fixture))
+    folder = build_static_space("all", tmp_path / "all", models)
+    space = json.loads((folder / "space.json").read_text())
+    assert list(space["scenarios"]) == ["customer-service", "medical-image", "voice-command"]
+    for scenario, entry in space["scenarios"].items():
+        assert (entry["folder"] is not None) == has_page(scenario)
+        assert (folder / "models" / scenario).is_dir() == has_page(scenario)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    visit = Visit(browser, f"http://127.0.0.1:{server.server_address[1]}/")
+    try:
+        visit.open()
+        visit.page.wait_for_function("window.fmhubStarted !== undefined")
+        visit.page.evaluate("window.fmhubStarted")
+        tabs = visit.page.get_by_role("tab").all_inner_texts()
+        assert tabs == ["Customer service", "Medical image", "Voice command"]
+        for scenario in ("medical-image", "voice-command"):
+            if not has_page(scenario):
+                visit.page.locator(f"#tab-{scenario}").click()
+                assert "not built" in visit.page.locator(f"#panel-{scenario}").inner_text()
+        visit.page.screenshot(path=str(ARTIFACTS / "static-space-all.png"), full_page=True)
+        visit.check_stayed_local()
+    finally:
+        visit.close()
+        server.shutdown()
+        server.server_close()
+
+
+# -- the page in Chromium ---------------------------------------------------------------------------------------
+def test_first_answer_and_the_chat_ui(served, browser, cs_model):
+    from fmhub.serving import load_predictor
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    predictor = load_predictor("customer-service", str(cs_model), runtime="onnx")
+    visit = Visit(browser, served)
+    try:
+        started = visit.open()
+        first = _ask(visit.page, "where is my package? it should have arrived yesterday", 0)
+        print(f"\nstatic page: first answer {time.perf_counter() - started:.2f} s after the page load started")
+        asked = ["where is my package? it should have arrived yesterday", "I want to talk to a real person",
+                 "what is the capital of Australia?", "my card was charged twice for one order"]
+        shown = [first] + [_ask(visit.page, text, n) for n, text in enumerate(asked[1:], start=1)]
+        expected = predictor.predict(asked)
+        assert [s["label"] for s in shown] == [e["label"] for e in expected]
+        assert [s["handoff"] for s in shown] == [e["handoff"] for e in expected]
+        for s, e in zip(shown, expected):
+            assert e["answer"] in s["text"] and ("confidence" in s["text"])
+        empty = _ask(visit.page, "   ", len(asked))
+        assert empty["label"] == "empty" and "Please type a message" in empty["text"]
+        assert visit.page.locator("#cs-message").input_value() == ""
+        visit.page.screenshot(path=str(ARTIFACTS / "static-space-customer-service.png"), full_page=True)
+        visit.check_stayed_local()
+    finally:
+        visit.close()
+
+
+def test_page_agrees_with_the_python_onnx_predictor(served, browser, cs_model, static_folder):
+    from fmhub.predictors.text import clean_text
+    from fmhub.serving import load_predictor
+
+    predictor = load_predictor("customer-service", str(cs_model), runtime="onnx")
+    texts = _test_messages()
+    expected = predictor.predict(texts)
+    max_length = json.loads((static_folder / "models/customer-service/settings.json").read_text())[
+        "tokenizer"]["max_length"]
+    visit = Visit(browser, served)
+    try:
+        visit.open()
+        started = time.perf_counter()
+        got = visit.page.evaluate("texts => window.fmhubClassifyMany(texts)", texts)
+        seconds = time.perf_counter() - started
+        # the tokenizer: the ids Python's tokenizer gives, on the test messages and on awkward ones
+        probes = texts + TRICKY
+        ids = visit.page.evaluate("texts => Promise.all(texts.map(t => window.fmhubTokenize(t)))", probes)
+        visit.check_stayed_local()
+    finally:
+        visit.close()
+    want_ids = [predictor.processor(clean_text(t), truncation=True, max_length=max_length)["input_ids"]
+                for t in probes]
+    wrong = [(t, i, w) for t, i, w in zip(probes, ids, want_ids) if i != w]
+    assert not wrong, wrong[:3]
+
+    same = [g["label"] == e["label"] for g, e in zip(got, expected)]
+    agreement = sum(same) / len(same)
+    diff = max(abs(g["score"] - e["score"]) for g, e in zip(got, expected) if e["label"] != "empty")
+    print(f"\nstatic page vs Python ONNX predictor: {sum(same)}/{len(same)} labels agree ({agreement:.1%}), "
+          f"largest confidence difference {diff:.4f}, {1000 * seconds / len(texts):.1f} ms per message in the page")
+    assert agreement >= MIN_AGREEMENT, [(t, g["label"], e["label"]) for t, g, e, s in
+                                        zip(texts, got, expected, same) if not s]
+    for g, e in zip(got, expected):
+        if g["label"] == e["label"]:
+            assert g["handoff"] == e["handoff"] and g["answer"] == e["answer"]
+    assert {e["label"] for e in expected} & {"out_of_scope"}  # the sample holds out-of-scope messages too
+
+
+# -- deploy ----------------------------------------------------------------------------------------------------------
+def test_deploy_uploads_the_static_space_in_one_commit(static_folder, cs_model, tmp_path):
+    from hub_server import LocalHub
+
+    user, token = "tester", "hf_fmhubStaticSpace0123456789abcd"
+    space_id = f"{user}/static-chat"
+    with LocalHub(token=token, users=(user,)) as hub:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_")) and k != "PYTHONPATH"}
+        env.update(hub.client_env(tmp_path / "hf_home"))
+        models = {"customer-service": str(cs_model)}
+        code = (f"from fmhub.static_space import deploy_static_space\n"
+                f"print(deploy_static_space('customer-service', {space_id!r}, {models!r}))\n"
+                f"from huggingface_hub import HfApi\n"
+                f"print(HfApi().space_info({space_id!r}).sdk)\n")
+        proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert token not in proc.stdout + proc.stderr
+        assert proc.stdout.split() == [f"{hub.url}/spaces/{space_id}", "static"]
+        commits = hub.commits(space_id, repo_type="space")
+        assert [title for _, title in commits] == ["Deploy fmhub customer-service static Space", "initial commit"]
+        files = hub.files(space_id, repo_type="space")
+    built = {p.relative_to(static_folder).as_posix() for p in static_folder.rglob("*")
+             if p.is_file() and not p.name.startswith(".fmhub-")}
+    assert set(files) - {".gitattributes"} == built
+    wasm = "ort/ort-wasm-simd-threaded.wasm"
+    assert files[wasm] == (static_folder / wasm).read_bytes()
+    model = "models/customer-service/onnx/model_quantized.onnx"
+    assert files[model] == (static_folder / model).read_bytes()
