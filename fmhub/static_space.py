@@ -32,7 +32,6 @@ import yaml
 from fmhub.errors import FmhubError
 from fmhub.hubids import check_repo_id, is_hub_id
 from fmhub.model_folder import ModelFolder, OutputFolder, write_errors
-from fmhub.onnx_runtime import ONNX_DIR, serving_file
 from fmhub.registry import list_scenarios, scenario_class
 
 ALL = "all"
@@ -123,6 +122,7 @@ def _model_folder(scenario: str, ref: str | None, scratch: Path) -> Path:
     """A local folder with the ONNX graph `--runtime onnx` serves: exported when missing. A Hub download is exported
     in a copy (the Hub cache is never written); a local folder or the cached default in place, as `fmhub export`."""
     from fmhub.defaults import model_folder_for
+    from fmhub.onnx_runtime import ONNX_DIR, serving_file
 
     folder = model_folder_for(ref, scenario)
     if serving_file(folder).is_file():
@@ -234,6 +234,8 @@ SETTINGS_WRITERS: dict[str, Callable[[Path, dict, Path], dict]] = {"customer-ser
 
 def _write_model(scenario: str, folder: Path, target: Path) -> str:
     """The served graph, settings.json and preprocessing files under `target`; returns the graph's relative path."""
+    from fmhub.onnx_runtime import ONNX_DIR, serving_file
+
     graph = serving_file(folder)
     (target / ONNX_DIR).mkdir(parents=True, exist_ok=True)
     shutil.copy2(graph, target / ONNX_DIR / graph.name)
