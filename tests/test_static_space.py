@@ -277,6 +277,7 @@ def test_page_agrees_with_the_python_onnx_predictor(served, browser, cs_model, s
     visit = Visit(browser, served)
     try:
         visit.open()
+        visit.page.wait_for_function("typeof window.fmhubClassifyMany === 'function'", timeout=LOAD_TIMEOUT_MS)
         started = time.perf_counter()
         got = visit.page.evaluate("texts => window.fmhubClassifyMany(texts)", texts)
         seconds = time.perf_counter() - started
