@@ -5,7 +5,8 @@
     README.md                      the Spaces YAML (`sdk: static`, the Hub models it uses, COOP/COEP headers)
     index.html                     one tab per scenario (fmhub/static/index.html)
     space.json                     the scenarios in this build and where their model files are
-    app/                           the page's scripts and stylesheet (fmhub/static/)
+    app/                           the page's scripts and stylesheet (fmhub/static/: common.js draws the tabs;
+                                   wordpiece.js + chat.js, image.js + image_tab.js, voice.js + voice_tab.js)
     ort/                           onnxruntime-web's wasm backend, vendored from the npm package (.ci/install-web)
     models/<scenario>/onnx/...     the graph `--runtime onnx` serves (int8 unless the export refused it)
     models/<scenario>/settings.json, tokenizer.json, ...   labels, calibrated thresholds, preprocessing
@@ -39,8 +40,8 @@ STATIC_ASSETS = Path(__file__).resolve().parent / "static"
 # a scenario's scripts, in load order after common.js; it is built when all of them are in fmhub/static/
 SCENARIO_SCRIPTS = {
     "customer-service": ("wordpiece.js", "chat.js"),
-    "medical-image": ("image.js",),
-    "voice-command": ("voice.js",),
+    "medical-image": ("image.js", "image_tab.js"),
+    "voice-command": ("voice.js", "voice_tab.js"),
 }
 SHELL_FILES = ("common.js", "style.css")
 ORT_WEB_PACKAGE = "onnxruntime-web"
@@ -48,17 +49,8 @@ ORT_WEB_VERSION = "1.31.1"  # keep in step with .ci/install-web
 ORT_WEB_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")  # wasm backend only
 INSTALL_HINT = (f"bash .ci/install-web (or: npm install --prefix ~/.local/share/fmhub "
                 f"{ORT_WEB_PACKAGE}@{ORT_WEB_VERSION})")
-# preprocessing files a scenario's page reads beside its settings.json (the text tokenizer is written, not copied)
-MODEL_FILES = {
-    "medical-image": ("config.json", "preprocessor_config.json"),
-    "voice-command": ("config.json", "preprocessor_config.json"),
-}
-# manifest (fmhub.json) entries an image or audio page may need; local paths and run details never leave the machine
-SHARED_SETTINGS = ("label_names", "temperature")
-SETTINGS_KEYS = {
-    "medical-image": (),  # mean, std and input size are in config.json's pretrained_cfg
-    "voice-command": ("detection_threshold", "hop_seconds", "refractory_seconds"),
-}
+# image.js and voice.js read their preprocessing from settings.json: these fmhub.static_assets functions write it
+BROWSER_CONFIGS = {"medical-image": "image_preprocessing_config", "voice-command": "voice_features_config"}
 # static Spaces may set these headers: cross-origin isolation gives the wasm backend its threads
 SPACE_HEADERS = {"cross-origin-embedder-policy": "require-corp", "cross-origin-opener-policy": "same-origin",
                  "cross-origin-resource-policy": "cross-origin"}
@@ -95,6 +87,8 @@ def ort_web_dist() -> Path:
 def has_page(scenario: str) -> bool:
     """Whether fmhub/static/ holds the scenario's scripts."""
     scripts = SCENARIO_SCRIPTS.get(scenario)
+    if scenario in BROWSER_CONFIGS and not (Path(__file__).resolve().parent / "static_assets.py").is_file():
+        return False  # image.js and voice.js come with the module that writes their settings
     return bool(scripts) and all((STATIC_ASSETS / name).is_file() for name in scripts)
 
 
@@ -143,13 +137,10 @@ def _model_folder(scenario: str, ref: str | None, scratch: Path) -> Path:
 # -- what each page reads ----------------------------------------------------------------------------------------
 def _base_settings(scenario: str, manifest: dict) -> dict:
     cls = scenario_class(scenario)
-    settings = {"scenario": scenario, "title": cls.title, "description": cls.description, "notice": cls.notice}
-    for key in SHARED_SETTINGS + SETTINGS_KEYS.get(scenario, ()):
-        if key in manifest:
-            settings[key] = manifest[key]
-    if not settings.get("label_names"):
+    settings = {"scenario": scenario, "title": cls.title, "description": cls.description, "notice": cls.notice,
+                "label_names": manifest.get("label_names"), "temperature": float(manifest.get("temperature", 1.0))}
+    if not settings["label_names"]:
         raise FmhubError(f"the {scenario} model has no label_names in its fmhub.json; retrain it with fmhub")
-    settings.setdefault("temperature", 1.0)
     return settings
 
 
@@ -219,17 +210,23 @@ def _chat_settings(folder: Path, manifest: dict, target: Path) -> dict:
     return settings
 
 
-def _copied_settings(scenario: str) -> Callable[[Path, dict, Path], dict]:
+def _browser_config_settings(scenario: str) -> Callable[[Path, dict, Path], dict]:
+    """settings.json of the image and voice pages: fmhub.static_assets' config of the folder, which image.js and
+    voice.js take as it is, with the tab's title and description."""
+
     def write(folder: Path, manifest: dict, target: Path) -> dict:
-        for name in MODEL_FILES.get(scenario, ()):
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, target / name)
-        return _base_settings(scenario, manifest)
+        from fmhub import static_assets
+
+        config = getattr(static_assets, BROWSER_CONFIGS[scenario])(folder)
+        return {**_base_settings(scenario, manifest), **config}
 
     return write
 
 
-SETTINGS_WRITERS: dict[str, Callable[[Path, dict, Path], dict]] = {"customer-service": _chat_settings}
+SETTINGS_WRITERS: dict[str, Callable[[Path, dict, Path], dict]] = {
+    "customer-service": _chat_settings,
+    **{scenario: _browser_config_settings(scenario) for scenario in BROWSER_CONFIGS},
+}
 
 
 def _write_model(scenario: str, folder: Path, target: Path) -> str:
@@ -239,8 +236,7 @@ def _write_model(scenario: str, folder: Path, target: Path) -> str:
     graph = serving_file(folder)
     (target / ONNX_DIR).mkdir(parents=True, exist_ok=True)
     shutil.copy2(graph, target / ONNX_DIR / graph.name)
-    writer = SETTINGS_WRITERS.get(scenario) or _copied_settings(scenario)
-    settings = writer(folder, ModelFolder(folder).read(), target)
+    settings = SETTINGS_WRITERS[scenario](folder, ModelFolder(folder).read(), target)
     settings["onnx"] = f"{ONNX_DIR}/{graph.name}"
     (target / "settings.json").write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return settings["onnx"]

@@ -8,6 +8,7 @@ Python predictor on ONNX Runtime (`--runtime onnx`). Screenshots land in test-ar
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -81,13 +82,22 @@ class _Handler(SimpleHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def _serving(folder: Path):
+    """A plain static file server for `folder` on 127.0.0.1 (a free port); yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="module")
 def served(static_folder):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(static_folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with _serving(static_folder) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -204,21 +214,32 @@ def test_build_refusals(cs_model, tmp_path, monkeypatch):
     assert not (tmp_path / "y").exists()
 
 
-def test_all_has_a_tab_per_scenario(cs_model, request, tmp_path, browser):
-    _ort_web_or_skip()
+@pytest.fixture(scope="module")
+def all_models(cs_model, request) -> dict[str, str]:
+    """The tiny models of the scenarios whose page exists (never the embedded defaults: nothing trains long)."""
     models = {"customer-service": str(cs_model)}
     for scenario, fixture in (("medical-image", "tiny_image_model"), ("voice-command", "tiny_audio_model")):
-        if has_page(scenario):  # its page exists: build it with the tiny model, not the embedded default
+        if has_page(scenario):
             models[scenario] = str(request.getfixturevalue(fixture))
-    folder = build_static_space("all", tmp_path / "all", models)
+    return models
+
+
+@pytest.fixture(scope="module")
+def all_served(all_models, tmp_path_factory):
+    _ort_web_or_skip()
+    folder = build_static_space("all", tmp_path_factory.mktemp("static_all") / "space", all_models)
+    with _serving(folder) as url:
+        yield folder, url
+
+
+def test_all_has_a_tab_per_scenario(all_served, browser):
+    folder, url = all_served
     space = json.loads((folder / "space.json").read_text())
     assert list(space["scenarios"]) == ["customer-service", "medical-image", "voice-command"]
     for scenario, entry in space["scenarios"].items():
         assert (entry["folder"] is not None) == has_page(scenario)
         assert (folder / "models" / scenario).is_dir() == has_page(scenario)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    visit = Visit(browser, f"http://127.0.0.1:{server.server_address[1]}/")
+    visit = Visit(browser, url)
     try:
         visit.open()
         visit.page.wait_for_function("window.fmhubStarted !== undefined")
@@ -233,8 +254,57 @@ def test_all_has_a_tab_per_scenario(cs_model, request, tmp_path, browser):
         visit.check_stayed_local()
     finally:
         visit.close()
-        server.shutdown()
-        server.server_close()
+
+
+def _upload_and_read(browser, url: str, scenario: str, upload: str, path: Path, result: str, shot: str) -> dict:
+    visit = Visit(browser, url)
+    try:
+        visit.open()
+        visit.page.locator(f"#tab-{scenario}").click()
+        visit.page.locator(upload).set_input_files(str(path))
+        visit.page.locator(f"{result}[data-label]").wait_for(timeout=LOAD_TIMEOUT_MS)
+        shown = visit.page.evaluate(f"({{...document.querySelector('{result}').dataset}})")
+        shown["text"] = visit.page.locator(result).inner_text()
+        visit.page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+        visit.check_stayed_local()
+        return shown
+    finally:
+        visit.close()
+
+
+def test_image_tab_in_the_browser(all_served, all_models, browser, tmp_path):
+    if not has_page("medical-image"):
+        pytest.skip("fmhub/static/image.js is not in this checkout")
+    import numpy as np
+    from PIL import Image
+
+    from fmhub.data import medical_synth
+    from fmhub.serving import load_predictor
+
+    images, labels, _ = medical_synth.generate(6, size=96, seed=3, split="test")
+    path = tmp_path / "lesion.png"
+    Image.fromarray(images[int(np.flatnonzero(labels == 1)[0])]).save(path)
+    expected = load_predictor("medical-image", all_models["medical-image"], runtime="onnx").predict([path])[0]
+    shown = _upload_and_read(browser, all_served[1], "medical-image", "#mi-file", path, "#mi-result",
+                             "static-space-medical-image.png")
+    assert shown["label"] == expected["label"], (shown, expected)
+
+
+def test_voice_tab_in_the_browser(all_served, all_models, browser, tmp_path):
+    if not has_page("voice-command"):
+        pytest.skip("fmhub/static/voice.js is not in this checkout")
+    from fmhub import audio
+    from fmhub.data import speech_corpus
+    from fmhub.data.audio_data import embedded_corpus_path
+    from fmhub.serving import load_predictor
+
+    waves, labels, _ = speech_corpus.load_corpus(embedded_corpus_path())["test"]
+    path = audio.write_wav(tmp_path / "yes.wav", waves[labels.index("yes")])
+    expected = load_predictor("voice-command", all_models["voice-command"], runtime="onnx").predict([str(path)])[0]
+    shown = _upload_and_read(browser, all_served[1], "voice-command", "#vc-file", path, "#vc-result",
+                             "static-space-voice-command.png")
+    assert shown["label"] == expected["label"], (shown, expected)
+    assert shown["command"] == (expected.get("command") or ""), (shown, expected)
 
 
 # -- the page in Chromium ---------------------------------------------------------------------------------------
