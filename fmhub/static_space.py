@@ -12,8 +12,8 @@
     models/<scenario>/settings.json, tokenizer.json, ...   labels, calibrated thresholds, preprocessing
 
 Nothing on the page comes from another site (no CDN; a Content-Security-Policy says so too). A scenario is built
-when its script is in fmhub/static/ (SCENARIO_SCRIPTS); with "all", a scenario without one gets a "not built" tab and
-its model is neither trained nor copied. A model folder without an ONNX export is exported first (`fmhub.export`).
+when its scripts are in fmhub/static/ (SCENARIO_SCRIPTS); with "all", a scenario without them gets a "not built" tab
+and its model is neither trained nor copied. A model folder without an ONNX export is exported first (`fmhub.export`).
 `deploy_static_space` builds into a temporary folder and uploads it as a static Space in one commit.
 """
 
@@ -85,7 +85,7 @@ def ort_web_dist() -> Path:
 
 # -- which scenarios, which models -------------------------------------------------------------------------------
 def has_page(scenario: str) -> bool:
-    """Whether fmhub/static/ holds the scenario's scripts."""
+    """Whether fmhub/static/ holds the scenario's scripts (and, for image and voice, fmhub.static_assets exists)."""
     scripts = SCENARIO_SCRIPTS.get(scenario)
     if scenario in BROWSER_CONFIGS and not (Path(__file__).resolve().parent / "static_assets.py").is_file():
         return False  # image.js and voice.js come with the module that writes their settings
