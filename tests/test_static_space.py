@@ -152,11 +152,23 @@ def _ask(page, text: str, answers_before: int) -> dict:
     """Type a message into the chat, send it, wait for the answer; returns what the bubble shows."""
     page.locator("#cs-message").fill(text)
     page.locator("#cs-send").click()
-    page.wait_for_function(f"document.querySelectorAll('#cs-log .msg.bot[data-label]').length > {answers_before}",
-                           timeout=LOAD_TIMEOUT_MS)
     bubble = page.locator("#cs-log .msg.bot[data-label]").nth(answers_before)
+    bubble.wait_for(timeout=LOAD_TIMEOUT_MS)
     return {"label": bubble.get_attribute("data-label"), "handoff": bubble.get_attribute("data-handoff") == "true",
             "text": bubble.inner_text()}
+
+
+def _wait_for(page, condition: str, timeout_ms: int = LOAD_TIMEOUT_MS) -> None:
+    """Wait until the JavaScript `condition` holds. Not `wait_for_function`: its polling evaluates a string, which
+    the page's Content-Security-Policy (no 'unsafe-eval') refuses; a function passed to `evaluate` is not eval."""
+    page.evaluate("""async ([condition, timeout]) => {
+        const deadline = Date.now() + timeout;
+        while (!window[condition]) {
+            if (Date.now() > deadline) throw new Error(`window.${condition} never appeared`);
+            await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        await window[condition];
+    }""", [condition, timeout_ms])
 
 
 def _test_messages() -> list[str]:
@@ -242,8 +254,7 @@ def test_all_has_a_tab_per_scenario(all_served, browser):
     visit = Visit(browser, url)
     try:
         visit.open()
-        visit.page.wait_for_function("window.fmhubStarted !== undefined")
-        visit.page.evaluate("window.fmhubStarted")
+        _wait_for(visit.page, "fmhubStarted")
         tabs = visit.page.get_by_role("tab").all_inner_texts()
         assert tabs == ["Customer service", "Medical image", "Voice command"]
         for scenario in ("medical-image", "voice-command"):
@@ -347,7 +358,7 @@ def test_page_agrees_with_the_python_onnx_predictor(served, browser, cs_model, s
     visit = Visit(browser, served)
     try:
         visit.open()
-        visit.page.wait_for_function("typeof window.fmhubClassifyMany === 'function'", timeout=LOAD_TIMEOUT_MS)
+        _wait_for(visit.page, "fmhubClassifyMany")
         started = time.perf_counter()
         got = visit.page.evaluate("texts => window.fmhubClassifyMany(texts)", texts)
         seconds = time.perf_counter() - started
