@@ -352,7 +352,11 @@ def test_page_agrees_with_the_python_onnx_predictor(served, browser, cs_model, s
 
     predictor = load_predictor("customer-service", str(cs_model), runtime="onnx")
     texts = _test_messages()
-    expected = predictor.predict(texts)
+    # one message per call, as the chat sends them; a batch (what `fmhub predict` runs) is also compared, but int8
+    # dynamic quantization picks one activation scale per batch tensor, so there a message's probabilities move with
+    # its padded neighbours (by up to ~0.06 on this model): that is Python's batching, not the page
+    expected = [predictor.predict([text])[0] for text in texts]
+    batched = predictor.predict(texts)
     max_length = json.loads((static_folder / "models/customer-service/settings.json").read_text())[
         "tokenizer"]["max_length"]
     visit = Visit(browser, served)
@@ -375,15 +379,21 @@ def test_page_agrees_with_the_python_onnx_predictor(served, browser, cs_model, s
 
     same = [g["label"] == e["label"] for g, e in zip(got, expected)]
     agreement = sum(same) / len(same)
-    diff = max(abs(g["score"] - e["score"]) for g, e in zip(got, expected) if e["label"] != "empty")
-    print(f"\nstatic page vs Python ONNX predictor: {sum(same)}/{len(same)} labels agree ({agreement:.1%}), "
-          f"largest confidence difference {diff:.4f}, {1000 * seconds / len(texts):.1f} ms per message in the page")
+    diff = max(abs(g["score"] - e["score"]) for g, e in zip(got, expected))
+    same_batched = sum(g["label"] == e["label"] for g, e in zip(got, batched))
+    print(f"\nstatic page vs Python ONNX predictor, one message per call: {sum(same)}/{len(same)} labels agree "
+          f"({agreement:.1%}), largest confidence difference {diff:.4f}; vs batches of 64: "
+          f"{same_batched}/{len(same)}; {1000 * seconds / len(texts):.1f} ms per message in the page")
     assert agreement >= MIN_AGREEMENT, [(t, g["label"], e["label"]) for t, g, e, s in
                                         zip(texts, got, expected, same) if not s]
+    assert diff < 0.01  # the same graph on the same ids: wasm and the CPU provider differ only in rounding
     for g, e in zip(got, expected):
         if g["label"] == e["label"]:
             assert g["handoff"] == e["handoff"] and g["answer"] == e["answer"]
     assert {e["label"] for e in expected} & {"out_of_scope"}  # the sample holds out-of-scope messages too
+    distances = [(g["out_of_scope"]["distance"], e["out_of_scope"]["distance"]) for g, e in zip(got, expected)]
+    assert all(d is not None for pair in distances for d in pair)  # the tiny model has a distance score: used
+    assert max(abs(a - b) / max(abs(b), 1.0) for a, b in distances) < 0.02
 
 
 # -- deploy ----------------------------------------------------------------------------------------------------------
