@@ -10,9 +10,10 @@
 (function () {
   const {el, percent} = window.fmhub;
 
-  function render(box, result) {
+  function render(box, result, settings) {
     const heard = result.command ? `Heard “${result.command}” (${percent(result.score)})`
-      : `No command heard (closest: ${result.label}, ${percent(result.score)})`;
+      : result.label === settings.silence_label ? "Silence: no command heard"
+        : `No command heard (closest: ${result.label}, ${percent(result.score)})`;
     box.replaceChildren(
       el("p", {class: "verdict", text: heard}),
       el("p", {class: "status", text: `${result.duration.toFixed(2)} s of audio, ${result.windows} window(s)`}));
@@ -40,7 +41,7 @@
         player.src = URL.createObjectURL(file);
         player.hidden = false;
         const samples = await window.FmhubVoice.decodeToMono16k(await file.arrayBuffer());
-        render(result, await classify(samples));
+        render(result, await classify(samples), s);
       } catch (err) {
         result.replaceChildren(el("p", {class: "error", text: `This recording could not be read: ${err.message}`}));
         console.error(err);
