@@ -397,31 +397,40 @@ def test_page_agrees_with_the_python_onnx_predictor(served, browser, cs_model, s
 
 
 # -- deploy ----------------------------------------------------------------------------------------------------------
-def test_deploy_uploads_the_static_space_in_one_commit(static_folder, cs_model, tmp_path):
+def test_deploy_uploads_the_static_space_in_one_commit(static_folder, tiny_intent_model, tmp_path):
+    """A model pushed without its ONNX export, then a static Space deployed with its Hub id: the download is exported
+    in a copy (the Hub cache stays as downloaded), the Space is created with the static SDK and filled in one commit
+    with the files a local build writes, and its card links the model."""
     from hub_server import LocalHub
+    from huggingface_hub import SpaceCard
 
     user, token = "tester", "hf_fmhubStaticSpace0123456789abcd"
-    space_id = f"{user}/static-chat"
+    model_id, space_id = f"{user}/intents", f"{user}/static-chat"
+    pushed = tmp_path / "model"
+    shutil.copytree(tiny_intent_model, pushed, ignore=shutil.ignore_patterns("checkpoint-*", "onnx"))
     with LocalHub(token=token, users=(user,)) as hub:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_")) and k != "PYTHONPATH"}
         env.update(hub.client_env(tmp_path / "hf_home"))
-        models = {"customer-service": str(cs_model)}
-        code = (f"from fmhub.static_space import deploy_static_space\n"
-                f"print(deploy_static_space('customer-service', {space_id!r}, {models!r}))\n"
+        code = (f"from fmhub.cli import main\n"
+                f"assert main(['push', '--model', {str(pushed)!r}, '--repo-id', {model_id!r}]) == 0\n"
+                f"from fmhub.static_space import deploy_static_space\n"
+                f"print(deploy_static_space('customer-service', {space_id!r}, {{'customer-service': {model_id!r}}}))\n"
                 f"from huggingface_hub import HfApi\n"
                 f"print(HfApi().space_info({space_id!r}).sdk)\n")
         proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert token not in proc.stdout + proc.stderr
-        assert proc.stdout.split() == [f"{hub.url}/spaces/{space_id}", "static"]
+        assert proc.stdout.split()[-2:] == [f"{hub.url}/spaces/{space_id}", "static"]
         commits = hub.commits(space_id, repo_type="space")
         assert [title for _, title in commits] == ["Deploy fmhub customer-service static Space", "initial commit"]
         files = hub.files(space_id, repo_type="space")
+    assert not list((tmp_path / "hf_home").rglob("model_quantized.onnx"))  # exported in a copy, not in the cache
     built = {p.relative_to(static_folder).as_posix() for p in static_folder.rglob("*")
              if p.is_file() and not p.name.startswith(".fmhub-")}
     assert set(files) - {".gitattributes"} == built
     wasm = "ort/ort-wasm-simd-threaded.wasm"
     assert files[wasm] == (static_folder / wasm).read_bytes()
-    model = "models/customer-service/onnx/model_quantized.onnx"
-    assert files[model] == (static_folder / model).read_bytes()
+    card = SpaceCard(files["README.md"].decode()).data
+    assert card.sdk == "static" and card.models == [model_id]
+    assert json.loads(files["space.json"])["scenarios"]["customer-service"]["model"] == model_id
