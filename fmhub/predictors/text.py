@@ -20,6 +20,7 @@ HANDOFF_MESSAGE = (
     "I'm not sure I can help with that here, so I'm passing you to a human colleague. "
     "Someone from our support team will reply in this chat shortly."
 )
+EMPTY_MESSAGE = "Please type a message so I can help."
 
 
 def clean_text(text) -> str:
@@ -84,7 +85,7 @@ class TextIntentPredictor(Predictor):
                     "score": 0.0,
                     "scores": {},
                     "intent": None,
-                    "answer": "Please type a message so I can help.",
+                    "answer": EMPTY_MESSAGE,
                     "handoff": False,
                 }
         return results

@@ -1,0 +1,55 @@
+/* fmhub static Space, voice-command tab: pick a recording, the keyword spotter listens to it in the browser.
+ *
+ * Decoding, features and the detector are voice.js's (`window.FmhubVoice`: WebAudio decode at 16 kHz, Whisper
+ * log-mel, sliding windows, calibrated threshold); this file only draws the tab. settings.json is voice.js's config
+ * (written by the builder from `fmhub.static_assets.voice_features_config`) plus the tab's title and description.
+ * `window.fmhubClassifyAudio(samples)` (16 kHz mono numbers) returns what voice.js's classify returns.
+ */
+"use strict";
+
+(function () {
+  const {el, percent} = window.fmhub;
+
+  function render(box, result, settings) {
+    const heard = result.command ? `Heard “${result.command}” (${percent(result.score)})`
+      : result.label === settings.silence_label ? "Silence: no command heard"
+        : `No command heard (closest: ${result.label}, ${percent(result.score)})`;
+    box.replaceChildren(
+      el("p", {class: "verdict", text: heard}),
+      el("p", {class: "status", text: `${result.duration.toFixed(2)} s of audio, ${result.windows} window(s)`}));
+    box.dataset.label = result.label;
+    box.dataset.command = result.command || "";
+  }
+
+  window.fmhub.register("voice-command", async (panel, model) => {
+    const s = model.settings;
+    const input = el("input", {id: "vc-file", type: "file", accept: "audio/*", "aria-label": "Recording"});
+    const player = el("audio", {id: "vc-player", controls: "", hidden: ""});
+    const result = el("div", {id: "vc-result", class: "result", "aria-live": "polite"});
+    const status = el("p", {id: "vc-status", class: "status", text: "Loading the model in your browser…"});
+    panel.append(el("p", {class: "caption", text: s.description}), input, player, result, status);
+    const session = model.session();
+    const classify = async (samples) => window.FmhubVoice.classify(await session, Float32Array.from(samples), s);
+    window.fmhubClassifyAudio = classify;
+    input.addEventListener("change", async () => {
+      const file = input.files[0];
+      if (!file) return;
+      input.disabled = true;
+      result.replaceChildren(el("p", {class: "status", text: "Listening…"}));
+      delete result.dataset.label;
+      try {
+        player.src = URL.createObjectURL(file);
+        player.hidden = false;
+        const samples = await window.FmhubVoice.decodeToMono16k(await file.arrayBuffer());
+        render(result, await classify(samples), s);
+      } catch (err) {
+        result.replaceChildren(el("p", {class: "error", text: `This recording could not be read: ${err.message}`}));
+        console.error(err);
+      } finally {
+        input.disabled = false;
+      }
+    });
+    await session;
+    status.textContent = "The model runs in your browser: the recording never leaves this page.";
+  });
+})();
