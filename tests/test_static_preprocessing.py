@@ -46,7 +46,7 @@ const ops = {
   round: (r) => r.values.map(([x, digits]) => voice.pyRound(x, digits)),
   resample: (r) => r.clips.map((clip) => encode(voice.resample(floats(clip), r.rate, 16000))),
   classify: async (r) => { // the whole browser path, onnxruntime-web included
-    const ort = require(process.env.FMHUB_ONNXRUNTIME_WEB)
+    const ort = require(r.ort_web)
     ort.env.wasm.numThreads = 1
     const image_session = await ort.InferenceSession.create(r.image_model)
     const voice_session = await ort.InferenceSession.create(r.voice_model)
@@ -360,8 +360,15 @@ def test_voice_config_refuses_non_whisper_extractors(tmp_path):
 
 
 # -- the whole browser path, with onnxruntime-web -------------------------------------------------------------------
-ORT_WEB = os.environ.get("FMHUB_ONNXRUNTIME_WEB")  # the onnxruntime-web package folder, e.g. after
-# `npm install --prefix /tmp/ort onnxruntime-web`: /tmp/ort/node_modules/onnxruntime-web (not a project dependency)
+def _ort_web() -> str | None:
+    """The onnxruntime-web package folder: FMHUB_ONNXRUNTIME_WEB, else the one .ci/install-web installs."""
+    from fmhub.static_space import ORT_WEB_PACKAGE, node_modules
+
+    package = os.environ.get("FMHUB_ONNXRUNTIME_WEB") or str(node_modules() / ORT_WEB_PACKAGE)
+    return package if (Path(package) / "package.json").is_file() else None
+
+
+ORT_WEB = _ort_web()
 
 
 def export_fp32(folder: Path, scenario_name: str) -> Path:
@@ -378,7 +385,7 @@ def export_fp32(folder: Path, scenario_name: str) -> Path:
     return onnx_dir(folder) / FP32_FILE
 
 
-@pytest.mark.skipif(not ORT_WEB, reason="set FMHUB_ONNXRUNTIME_WEB to an onnxruntime-web package folder")
+@pytest.mark.skipif(not ORT_WEB, reason="onnxruntime-web is not installed: bash .ci/install-web")
 def test_browser_path_matches_the_onnx_predictors(image_folder, speech, tmp_path):
     """image.js and voice.js `classify` on onnxruntime-web (WebAssembly, as in a browser) against the predictors on
     ONNX Runtime (`--runtime onnx`), from the same exported graphs."""
@@ -388,7 +395,7 @@ def test_browser_path_matches_the_onnx_predictors(image_folder, speech, tmp_path
     images = embedded_images(10)
     clips = [speech[0], speech[1][:9000], np.concatenate(speech[2:5]), np.zeros(20000, np.float32)]
     voice = voice_folder(tmp_path, 64, 320, 0.5)
-    request = {"op": "classify", "image_model": str(export_fp32(image_folder, "medical-image")),
+    request = {"op": "classify", "ort_web": ORT_WEB, "image_model": str(export_fp32(image_folder, "medical-image")),
                "voice_model": str(export_fp32(voice, "voice-command")),
                "image_config": image_preprocessing_config(image_folder), "voice_config": voice_features_config(voice),
                "images": [{"rgba": b64(a), "width": a.shape[1], "height": a.shape[0]} for a in images],
