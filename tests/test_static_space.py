@@ -3,11 +3,16 @@
 The built folder is served from 127.0.0.1 by a plain HTTP server (with the COOP/COEP headers the Space's YAML asks
 for); every request that would leave 127.0.0.1 is blocked and recorded, and none may be attempted. 200 test-split
 messages go through the page's `fmhubClassify`, a few through the chat itself, and the labels are compared with the
-Python predictor on ONNX Runtime (`--runtime onnx`). Screenshots land in test-artifacts/.
+Python predictor on ONNX Runtime (`--runtime onnx`). With every scenario built, 50 test-split images and 50 clips
+(commands, other words, silence and a few longer clips) go through the bytes the page decodes as an upload does
+(`fmhubClassifyImageBytes`, `fmhubClassifyAudioBytes`) and are compared in the same way. Screenshots land in
+test-artifacts/.
 """
 
 from __future__ import annotations
 
+import base64
+import collections
 import contextlib
 import functools
 import json
@@ -40,7 +45,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync", "--no-first-run", "--disable-quic"]
 MESSAGES = 200
-MIN_AGREEMENT = 0.99
+IMAGES = 50
+CLIPS = 50  # of which LONG_CLIPS are 2-3 clips end to end (the sliding windows)
+LONG_CLIPS = 8
+MIN_AGREEMENT = 0.99  # with 50 inputs, 49/50 is 98 %: every image and every clip must agree
 LOAD_TIMEOUT_MS = 120_000
 TRICKY = [
     "Café crème, NAÏVE façade — déjà vu?", "我想退货 please", "$100!!! refund?? #order-123", "📦 where is it 📦",
@@ -316,6 +324,107 @@ def test_voice_tab_in_the_browser(all_served, all_models, browser, tmp_path):
                              "static-space-voice-command.png")
     assert shown["label"] == expected["label"], (shown, expected)
     assert shown["command"] == (expected.get("command") or ""), (shown, expected)
+
+
+def _agreement_in_page(browser, url: str, function: str, files: list[Path], mime: str) -> tuple[float, list[dict]]:
+    """Every file's bytes through the page's `function` (the upload's decoding and model), one at a time; returns the
+    seconds from the page load to the first answer and what the page answered for each file."""
+    payloads = [base64.b64encode(path.read_bytes()).decode("ascii") for path in files]
+    call = """async ([name, payloads, mime]) => {
+        const results = [];
+        for (const bytes of payloads) {
+            const r = await window[name](bytes, mime);
+            results.push({label: r.label, score: r.score, command: r.command || ""});
+        }
+        return results;
+    }"""
+    visit = Visit(browser, url)
+    try:
+        started = visit.open()
+        _wait_for(visit.page, function)
+        got = visit.page.evaluate(call, [function, payloads[:1], mime])
+        first = time.perf_counter() - started
+        got += visit.page.evaluate(call, [function, payloads[1:], mime])
+        visit.check_stayed_local()
+    finally:
+        visit.close()
+    return first, got
+
+
+def _check_agreement(what: str, files: list[Path], got: list[dict], expected: list[dict], first: float,
+                     fields: tuple[str, ...]) -> None:
+    wrong = [(path.name, {f: g[f] for f in fields}, {f: e.get(f) or "" for f in fields}, g["score"], e["score"])
+             for path, g, e in zip(files, got, expected) if any(g[f] != (e.get(f) or "") for f in fields)]
+    agreement = 1 - len(wrong) / len(files)
+    diff = max(abs(g["score"] - e["score"]) for g, e in zip(got, expected))
+    shown = collections.Counter(e["label"] for e in expected)
+    print(f"\nstatic page vs Python ONNX predictor, {what}: {len(files) - len(wrong)}/{len(files)} agree "
+          f"({agreement:.1%}) on {', '.join(fields)}, largest score difference {diff:.4f}; Python's labels "
+          f"{dict(shown)}; first answer {first:.2f} s after the page load started; "
+          f"mismatches (file, page, Python, page score, Python score): {wrong}")
+    assert len(got) == len(files)
+    assert agreement >= MIN_AGREEMENT, wrong
+    assert diff < 0.01  # the same graph on the same decoded input: wasm and the CPU provider differ only in rounding
+
+
+def test_image_tab_agrees_with_the_python_onnx_predictor(all_served, all_models, browser, tmp_path):
+    if not has_page("medical-image"):
+        pytest.skip("fmhub/static/image.js is not in this checkout")
+    from PIL import Image
+
+    from fmhub.data import medical_synth
+    from fmhub.serving import load_predictor
+
+    # the embedded test split at its size (128 px; the tiny model takes 64, so the page resizes as Pillow does)
+    images, labels, _ = medical_synth.generate(IMAGES, size=128, seed=0, split="test")
+    files = []
+    for n, image in enumerate(images):
+        files.append(tmp_path / f"image-{n:02d}.png")
+        Image.fromarray(image).save(files[-1])
+    predictor = load_predictor("medical-image", all_models["medical-image"], runtime="onnx")
+    expected = [predictor.predict([path])[0] for path in files]  # one per call, as the page classifies them
+    first, got = _agreement_in_page(browser, all_served[1], "fmhubClassifyImageBytes", files, "image/png")
+    _check_agreement(f"{IMAGES} test-split images", files, got, expected, first, ("label",))
+    assert set(labels.tolist()) == {0, 1}  # both classes in the sample
+
+
+def _test_clips(folder: Path) -> list[Path]:
+    """CLIPS wav files from the espeak-ng test split: commands, other words, silence, and LONG_CLIPS of 2-3 clips."""
+    import numpy as np
+
+    from fmhub import audio
+    from fmhub.data import audio_data, voice_corpus
+
+    waves, labels, _ = voice_corpus.load_family("espeak-ng", audio_data.corpus_dir())["test"]
+    rng = random.Random(0)
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    commands = sorted(label for label in by_label if not label.startswith("_"))
+    picked = [i for label in commands for i in rng.sample(by_label[label], 3)]  # 30 commands
+    picked += rng.sample(by_label["_unknown_"], 8) + rng.sample(by_label["_silence_"], CLIPS - LONG_CLIPS - 38)
+    clips = [waves[i] for i in picked]
+    for _ in range(LONG_CLIPS):
+        parts = rng.sample(range(len(waves)), rng.choice((2, 3)))
+        clips.append(np.concatenate([waves[i] for i in parts]))
+    return [audio.write_wav(folder / f"clip-{n:02d}.wav", clip.astype(np.float32) / 32768.0)
+            for n, clip in enumerate(clips)]
+
+
+def test_voice_tab_agrees_with_the_python_onnx_predictor(all_served, all_models, browser, tmp_path):
+    if not has_page("voice-command"):
+        pytest.skip("fmhub/static/voice.js is not in this checkout")
+    import soundfile as sf
+
+    from fmhub.serving import load_predictor
+
+    files = _test_clips(tmp_path)
+    assert len(files) == CLIPS and sum(sf.info(str(f)).frames > 16000 for f in files) == LONG_CLIPS
+    predictor = load_predictor("voice-command", all_models["voice-command"], runtime="onnx")
+    expected = [predictor.predict([str(path)])[0] for path in files]
+    first, got = _agreement_in_page(browser, all_served[1], "fmhubClassifyAudioBytes", files, "audio/wav")
+    _check_agreement(f"{CLIPS} test-split clips ({LONG_CLIPS} long)", files, got, expected, first,
+                     ("label", "command"))
 
 
 # -- the page in Chromium ---------------------------------------------------------------------------------------

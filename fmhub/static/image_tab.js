@@ -3,7 +3,9 @@
  * The preprocessing and the decision are image.js's (`window.FmhubImage`: timm's eval transform as Pillow does it,
  * the calibrated softmax); this file only draws the tab. settings.json is image.js's config (written by the builder
  * from `fmhub.static_assets.image_preprocessing_config`) plus the tab's title and description.
- * `window.fmhubClassifyImage({data, width, height})` (RGBA bytes) returns what image.js's classify returns.
+ * `window.fmhubClassifyImage({data, width, height})` (RGBA bytes) returns what image.js's classify returns;
+ * `window.fmhubClassifyImageBytes(bytes, mime)` (a file's bytes: a Uint8Array or base64) decodes them as an upload
+ * does (an <img> from a blob URL, drawn onto a canvas by image.js) and returns the same.
  */
 "use strict";
 
@@ -19,6 +21,9 @@
     box.dataset.label = result.label;
   }
 
+  // a file's bytes as a Uint8Array, or base64 (what a test can pass through Playwright's evaluate)
+  const asBytes = (bytes) => (typeof bytes === "string" ? Uint8Array.from(atob(bytes), (c) => c.charCodeAt(0)) : bytes);
+
   window.fmhub.register("medical-image", async (panel, model) => {
     const s = model.settings;
     const notice = el("p", {id: "mi-notice", class: "notice", text: s.notice || ""});
@@ -30,6 +35,21 @@
     const session = model.session();
     const classify = async (image) => window.FmhubImage.classify(await session, image, s);
     window.fmhubClassifyImage = classify;
+    // the upload's path: the browser decodes the file into `image` (the preview, or a detached <img>), then classify
+    const classifyBlob = async (blob, image = new Image()) => {
+      const url = URL.createObjectURL(blob);
+      image.src = url;
+      await image.decode();
+      return classify(image);
+    };
+    window.fmhubClassifyImageBytes = async (bytes, mime) => {
+      const image = new Image();
+      try {
+        return await classifyBlob(new Blob([asBytes(bytes)], {type: mime || ""}), image);
+      } finally {
+        URL.revokeObjectURL(image.src);
+      }
+    };
     input.addEventListener("change", async () => {
       const file = input.files[0];
       if (!file) return;
@@ -37,11 +57,9 @@
       result.replaceChildren(el("p", {class: "status", text: "Classifying…"}));
       delete result.dataset.label;
       try {
-        const url = URL.createObjectURL(file);
-        preview.src = url;
+        if (preview.src) URL.revokeObjectURL(preview.src);
         preview.hidden = false;
-        await preview.decode();
-        render(result, await classify(preview));
+        render(result, await classifyBlob(file, preview));
       } catch (err) {
         result.replaceChildren(el("p", {class: "error", text: `This image could not be classified: ${err.message}`}));
         console.error(err);
