@@ -15,6 +15,7 @@ import base64
 import collections
 import contextlib
 import functools
+import gzip
 import json
 import os
 import random
@@ -31,7 +32,10 @@ import pytest
 from conftest import ARTIFACTS, ROOT
 
 from fmhub.errors import FmhubError
+from fmhub.onnx_runtime import serving_file
 from fmhub.static_space import (
+    GZIP,
+    ORT_WEB_BINARY,
     ORT_WEB_FILES,
     SPACE_HEADERS,
     build_static_space,
@@ -188,14 +192,19 @@ def _test_messages() -> list[str]:
 
 
 # -- the folder ------------------------------------------------------------------------------------------------------
-def test_folder_holds_the_page_runtime_and_int8_model(static_folder):
+def test_folder_holds_the_page_runtime_and_int8_model(static_folder, cs_model):
     for name in ("README.md", "index.html", "space.json", "app/common.js", "app/chat.js", "app/wordpiece.js",
-                 "app/style.css", "models/customer-service/onnx/model_quantized.onnx",
+                 "app/style.css", "models/customer-service/onnx/model_quantized.onnx.gz",
                  "models/customer-service/settings.json", "models/customer-service/tokenizer.json",
-                 *(f"ort/{f}" for f in ORT_WEB_FILES)):
+                 *(f"ort/{f}{GZIP if f == ORT_WEB_BINARY else ''}" for f in ORT_WEB_FILES)):
         assert (static_folder / name).is_file(), name
+    # the large files are stored gzipped and inflate to exactly what they were
+    assert gzip.decompress((static_folder / f"ort/{ORT_WEB_BINARY}{GZIP}").read_bytes()) == \
+        (ort_web_dist() / ORT_WEB_BINARY).read_bytes()
+    graph = static_folder / "models/customer-service/onnx/model_quantized.onnx.gz"
+    assert gzip.decompress(graph.read_bytes()) == serving_file(cs_model).read_bytes()
     settings = json.loads((static_folder / "models/customer-service/settings.json").read_text())
-    assert settings["onnx"] == "onnx/model_quantized.onnx" and 0 < settings["oos_threshold"] < 1
+    assert settings["onnx"] == "onnx/model_quantized.onnx.gz" and 0 < settings["oos_threshold"] < 1
     assert settings["faq"] and settings["label_names"] and settings["tokenizer"]["lowercase"] is True
     page = (static_folder / "index.html").read_text()
     assert "http://" not in page and "https://" not in page and "{{" not in page
@@ -538,7 +547,7 @@ def test_deploy_uploads_the_static_space_in_one_commit(static_folder, tiny_inten
     built = {p.relative_to(static_folder).as_posix() for p in static_folder.rglob("*")
              if p.is_file() and not p.name.startswith(".fmhub-")}
     assert set(files) - {".gitattributes"} == built
-    wasm = "ort/ort-wasm-simd-threaded.wasm"
+    wasm = "ort/ort-wasm-simd-threaded.wasm.gz"
     assert files[wasm] == (static_folder / wasm).read_bytes()
     card = SpaceCard(files["README.md"].decode()).data
     assert card.sdk == "static" and card.models == [model_id]

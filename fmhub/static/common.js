@@ -36,9 +36,19 @@
     return response;
   }
 
-  function configureRuntime() {
+  // The large files (ONNX graphs, the wasm runtime) are stored gzipped (NAME.gz): inflated here by the browser's own
+  // DecompressionStream, unless the host already did (a gzip stream starts with the bytes 1f 8b).
+  async function fetchBytes(url) {
+    const raw = new Uint8Array(await (await fetchOk(url)).arrayBuffer());
+    if (!url.endsWith(".gz") || raw[0] !== 0x1f || raw[1] !== 0x8b) return raw;
+    const inflated = new Blob([raw]).stream().pipeThrough(new DecompressionStream("gzip"));
+    return new Uint8Array(await new Response(inflated).arrayBuffer());
+  }
+
+  async function configureRuntime(space) {
     if (typeof ort === "undefined") throw new Error("ort/ort.wasm.min.js did not load");
     ort.env.wasm.wasmPaths = new URL("ort/", document.baseURI).href;  // the vendored files, never a CDN
+    if (space.wasm) ort.env.wasm.wasmBinary = await fetchBytes(new URL(space.wasm, document.baseURI).href);
     // threads need cross-origin isolation (the Space's COOP/COEP headers); without it one thread
     ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(2, navigator.hardwareConcurrency || 1) : 1;
     ort.env.wasm.proxy = false;
@@ -54,7 +64,7 @@
       settings: null,
       url,
       json: async (file) => (await fetchOk(url(file))).json(),
-      bytes: async (file) => new Uint8Array(await (await fetchOk(url(file))).arrayBuffer()),
+      bytes: async (file) => fetchBytes(url(file)),
       session() {
         if (!sessions.has(name)) {
           sessions.set(name, (async () => {
@@ -94,8 +104,8 @@
     const status = document.getElementById("fmhub-status");
     let space;
     try {
-      configureRuntime();
       space = await (await fetchOk("space.json")).json();
+      await configureRuntime(space);
     } catch (err) {
       status.textContent = `This page could not start: ${err.message}`;
       throw err;
