@@ -8,7 +8,8 @@ One process launches two servers on free ports:
 
 Each is called two ways: with `gradio_client` (`Client.predict(..., api_name="/classify_intent")`) and with plain HTTP
 on one kept-alive connection (`POST /gradio_api/call/classify_intent`, then the event's result stream, the documented
-cURL route). The direct Python call (`predictor.predict([text])`) is the baseline. Requests alternate system by system
+cURL route). Both `gradio_client` systems run a third time with the client's 50 ms message poll shortened to 2 ms
+(`short_polling`), to show how much of the client's floor is that wait. The direct Python call (`predictor.predict([text])`) is the baseline. Requests alternate system by system
 (and which goes first); p50 over the embedded test messages. fmhub's share of the overhead is what the hub app adds
 over the bare app on the same route.
 
@@ -61,6 +62,27 @@ def http_call(url: str):
     return call
 
 
+def short_polling(call, poll_s: float = 0.002):
+    """`call` with gradio_client's message poll shortened: its job thread sleeps 50 ms whenever no message of the
+    job has arrived yet (`gradio_client.utils`); only for this measurement, restored after each call."""
+    import time as real_time
+    import types
+
+    from gradio_client import utils
+
+    fast = types.SimpleNamespace(**{k: getattr(real_time, k) for k in dir(real_time) if not k.startswith("__")})
+    fast.sleep = lambda seconds: real_time.sleep(min(seconds, poll_s))
+
+    def patched(text: str):
+        utils.time = fast
+        try:
+            return call(text)
+        finally:
+            utils.time = real_time
+
+    return patched
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="customer-service model folder (default: the cached embedded default)")
@@ -92,6 +114,8 @@ def main(argv=None) -> int:
             "bare Gradio app, gradio_client": lambda text: bare_client.predict(text, api_name=f"/{API}"),
             "bare Gradio app, HTTP": http_call(bare.local_url),
         }
+        systems["hub app, gradio_client, 2 ms poll"] = short_polling(systems["hub app, gradio_client"])
+        systems["bare Gradio app, gradio_client, 2 ms poll"] = short_polling(systems["bare Gradio app, gradio_client"])
         started = time.perf_counter()
         timing = latency(systems, texts, warmup=3)
         seconds = time.perf_counter() - started
@@ -106,7 +130,7 @@ def main(argv=None) -> int:
         rows.append([name, common.fmt(t["p50_ms"]), common.fmt(t["p95_ms"]),
                      "-" if overhead is None else common.fmt(overhead)])
     share = {route: timing[f"hub app, {route}"]["p50_ms"] - direct - timing[f"bare Gradio app, {route}"]["p50_ms"]
-             for route in ("gradio_client", "HTTP")}
+             for route in ("gradio_client", "HTTP", "gradio_client, 2 ms poll")}
     print(common.markdown_table(["system", "p50 ms", "p95 ms", "overhead over the direct call, p50 ms"], rows))
     print("fmhub's share of the overhead (hub app - direct call - bare app), p50 ms: "
           + ", ".join(f"{route} {v:.1f}" for route, v in share.items()))
