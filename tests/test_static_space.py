@@ -436,6 +436,48 @@ def test_voice_tab_agrees_with_the_python_onnx_predictor(all_served, all_models,
                      ("label", "command"))
 
 
+@pytest.mark.parametrize("scenario", ["medical-image", "voice-command"])
+def test_a_single_scenario_folder_is_its_own_page(scenario, all_models, browser, tmp_path):
+    """`--static --scenario medical-image|voice-command`: a page with that one tab and only its model, which answers as
+    the Python ONNX predictor does (the 50-input comparisons above run on the all-scenario folder)."""
+    if not has_page(scenario):
+        pytest.skip(f"the {scenario} page is not in this checkout")
+    from PIL import Image
+
+    from fmhub.data import medical_synth
+    from fmhub.serving import load_predictor
+
+    _ort_web_or_skip()
+    folder = build_static_space(scenario, tmp_path / "space", {scenario: all_models[scenario]})
+    assert [p.name for p in (folder / "models").iterdir()] == [scenario]
+    assert list(json.loads((folder / "space.json").read_text())["scenarios"]) == [scenario]
+    if scenario == "medical-image":
+        images, _, _ = medical_synth.generate(5, size=128, seed=1, split="test")
+        files = [tmp_path / f"image-{n}.png" for n in range(len(images))]
+        for path, image in zip(files, images):
+            Image.fromarray(image).save(path)
+        function, mime, fields = "fmhubClassifyImageBytes", "image/png", ("label",)
+    else:
+        files, function, mime, fields = _test_clips(tmp_path)[::10], "fmhubClassifyAudioBytes", "audio/wav", \
+            ("label", "command")
+    predictor = load_predictor(scenario, all_models[scenario], runtime="onnx")
+    expected = [predictor.predict([str(path)])[0] for path in files]
+    with _serving(folder) as url:
+        first, got = _agreement_in_page(browser, url, function, files, mime)
+        visit = Visit(browser, url)
+        try:
+            visit.open()
+            _wait_for(visit.page, function)
+            assert visit.page.get_by_role("tab").count() == 0  # one scenario: its panel alone, no tab bar
+            assert visit.page.locator("[role=tabpanel]").evaluate_all("ps => ps.map(p => p.dataset.scenario)") \
+                == [scenario]
+            visit.page.screenshot(path=str(ARTIFACTS / f"static-space-only-{scenario}.png"), full_page=True)
+            visit.check_stayed_local()
+        finally:
+            visit.close()
+    _check_agreement(f"the {scenario} folder alone, {len(files)} inputs", files, got, expected, first, fields)
+
+
 # -- the page in Chromium ---------------------------------------------------------------------------------------
 def test_first_answer_and_the_chat_ui(served, browser, cs_model):
     from fmhub.serving import load_predictor
