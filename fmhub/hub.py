@@ -206,6 +206,27 @@ def push_model(folder: Path, repo_id: str, private: bool = False, revision: str 
     return url
 
 
+def publish_space(api, token: str | None, space_id: str, folder: Path, sdk: str, message: str,
+                  private: bool = False, check=None) -> None:
+    """Create the Space repo (`sdk`: gradio, static) if needed and upload `folder` as one commit request, skipped
+    when the Space already holds these files (`commit_once`: upload_folder retries a commit on a 5xx and so
+    duplicates one whose answer was lost). `check()`, if given, runs first under the same Hub error handling (e.g.
+    that the linked models exist). A Hub failure becomes one FmhubError line saying that re-running is safe."""
+    try:
+        if check is not None:
+            check()
+        with quiet_hub_logs():
+            api.create_repo(space_id, repo_type="space", space_sdk=sdk, private=private, exist_ok=True)
+            commit_once(api, space_id, upload_operations(folder, space_id), message, repo_type="space")
+    except FmhubError:
+        raise
+    except Exception as err:
+        reason = describe_hub_failure(err, token)
+        if reason is None:
+            raise
+        raise FmhubError(f"deploying {space_id} failed: {reason}; re-run the same command to retry") from None
+
+
 @contextlib.contextmanager
 def quiet_hub_logs():
     """huggingface_hub's retry and "nothing changed" warnings off: a push or deploy ends with one line of its own."""

@@ -210,7 +210,7 @@ def deploy_space(scenario: str, space_id: str, models: dict[str, str | None] | N
     id that exists (or None: the embedded default)."""
     from huggingface_hub import HfApi
 
-    from fmhub.hub import commit_once, describe_hub_failure, hub_token, quiet_hub_logs, upload_operations
+    from fmhub.hub import hub_token, publish_space
 
     check_repo_id(space_id, "Space id")
     models = space_models(scenario, models)
@@ -224,25 +224,15 @@ def deploy_space(scenario: str, space_id: str, models: dict[str, str | None] | N
         check_repo_id(model, "model id")
     token = hub_token()
     api = HfApi(token=token)
+
+    def check_models():
+        for model in filter(None, models.values()):
+            if not api.repo_exists(model):
+                raise FmhubError(f"model {model!r} is not on the Hub (or this token cannot read it); "
+                                 "push it first with `fmhub push`")
+
+    what = "hub (all tabs)" if scenario == ALL else scenario
     with tempfile.TemporaryDirectory(prefix="fmhub-space-") as tmp:
         folder = write_space_folder(scenario, Path(tmp) / "space", models)
-        try:
-            for model in filter(None, models.values()):
-                if not api.repo_exists(model):
-                    raise FmhubError(f"model {model!r} is not on the Hub (or this token cannot read it); "
-                                     "push it first with `fmhub push`")
-            with quiet_hub_logs():
-                api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-                # one commit request, skipped when the Space already holds these files: upload_folder retries the
-                # commit on a 5xx and so duplicates a commit whose answer was lost
-                what = "hub (all tabs)" if scenario == ALL else scenario
-                commit_once(api, space_id, upload_operations(folder, space_id), f"Deploy fmhub {what} Space",
-                            repo_type="space")
-        except FmhubError:
-            raise
-        except Exception as err:
-            reason = describe_hub_failure(err, token)
-            if reason is None:
-                raise
-            raise FmhubError(f"deploying {space_id} failed: {reason}; re-run the same command to retry") from None
+        publish_space(api, token, space_id, folder, "gradio", f"Deploy fmhub {what} Space", private, check_models)
     return f"{api.endpoint}/spaces/{space_id}"

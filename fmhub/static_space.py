@@ -367,7 +367,7 @@ def deploy_static_space(scenario: str, space_id: str, models: dict[str, str | No
     Space's URL. Local model folders are fine here: their files go into the Space itself."""
     from huggingface_hub import HfApi
 
-    from fmhub.hub import commit_once, describe_hub_failure, hub_token, quiet_hub_logs, upload_operations
+    from fmhub.hub import hub_token, publish_space
 
     check_repo_id(space_id, "Space id")
     for ref in (models or {}).values():
@@ -377,17 +377,5 @@ def deploy_static_space(scenario: str, space_id: str, models: dict[str, str | No
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="fmhub-static-space-") as tmp:
         folder = build_static_space(scenario, Path(tmp) / "space", models)
-        try:
-            with quiet_hub_logs():
-                api.create_repo(space_id, repo_type="space", space_sdk="static", private=private, exist_ok=True)
-                # one commit request, skipped when the Space already holds these files (see fmhub.hub.commit_once)
-                commit_once(api, space_id, upload_operations(folder, space_id),
-                            f"Deploy fmhub {scenario} static Space", repo_type="space")
-        except FmhubError:
-            raise
-        except Exception as err:
-            reason = describe_hub_failure(err, token)
-            if reason is None:
-                raise
-            raise FmhubError(f"deploying {space_id} failed: {reason}; re-run the same command to retry") from None
+        publish_space(api, token, space_id, folder, "static", f"Deploy fmhub {scenario} static Space", private)
     return f"{api.endpoint}/spaces/{space_id}"
