@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
 import sys
@@ -223,19 +222,12 @@ def run_spaces(args: argparse.Namespace) -> int:
 
 def run_static_spaces(args: argparse.Namespace, models: dict[str, str | None]) -> int:
     """`fmhub spaces build|deploy --static`: the static Space builder of `fmhub.static_space`."""
-    try:
-        static_space = importlib.import_module("fmhub.static_space")
-    except ModuleNotFoundError as err:
-        if err.name != "fmhub.static_space":
-            raise
-        raise FmhubError("--static needs the fmhub.static_space module, which this fmhub installation does not "
-                         "have; build a Gradio Space instead (leave out --static)") from None
+    from fmhub.static_space import build_static_space, deploy_static_space
+
     if args.spaces_command == "deploy":
-        url = static_space.deploy_static_space(args.scenario, args.space_id, models, private=args.private)
-        print(f"deployed to {url}")
+        print(f"deployed to {deploy_static_space(args.scenario, args.space_id, models, private=args.private)}")
     else:
-        folder = static_space.build_static_space(args.scenario, Path(args.output_dir), models,
-                                                 overwrite=args.overwrite)
+        folder = build_static_space(args.scenario, Path(args.output_dir), models, overwrite=args.overwrite)
         print(f"static Space folder written to {folder}")
     return 0
 

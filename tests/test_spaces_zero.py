@@ -403,9 +403,3 @@ def test_static_flag_calls_the_static_space_builder(static_space, tmp_path, caps
         ("deploy", "medical-image", "user/mi", {"medical-image": None}, True),
     ]
     assert capsys.readouterr().out.splitlines()[-1] == "deployed to https://huggingface.co/spaces/user/mi"
-
-
-def test_static_flag_without_the_module_says_so(monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(sys.modules, "fmhub.static_space", None)  # import fails as for a missing module
-    assert main(["spaces", "build", "--scenario", "all", "--output-dir", str(tmp_path / "s"), "--static"]) == 2
-    assert "--static needs the fmhub.static_space module" in capsys.readouterr().err
