@@ -351,6 +351,17 @@ def sample_inputs(scenario: str, folder: Path, count: int, synthetic: bool = Fal
     return [str(paths[i % len(paths)]) for i in range(count)]
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """Terminate a child server, killing it if it has not exited after `grace` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=grace)
+
+
 def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> float | None:
     """Seconds until `url` answers HTTP 200 (polled every 50 ms), or None on timeout / process exit."""
     import urllib.error

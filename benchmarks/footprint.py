@@ -81,12 +81,7 @@ def _one_start(models: dict, env_models: dict, inputs: dict, threads: int, timeo
             record["after_all_tabs"] = memory_mb(proc.pid)
             return record
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            common.stop_process(proc)
 
 
 def table(report: dict) -> str:

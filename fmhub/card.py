@@ -62,6 +62,35 @@ def update_card_export(folder: Path, report: dict) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+def semi_supervised_section(report: dict | None) -> str:
+    """The card's "Semi-supervised training" section, from all_results.json's `semi_supervised`."""
+    if not report:
+        return ""
+    share = report.get("labels_per_class")
+    labelled = f"{report['labelled_examples']} labelled training examples" + (
+        f" ({_number(share) if share < 1 else int(share)} per class; the rest of the training split used as "
+        "unlabelled)" if share else "")
+    rows = "\n".join(
+        f"| {r['round']} | {r['pool']} | {r['taken']} | "
+        + ", ".join(f"{k}: {v}" for k, v in r["pseudo_labels_per_class"].items())
+        + f" | {_pseudo_label_accuracy(r)} | "
+        f"{_number(r['teacher_test_accuracy']) if r.get('teacher_test_accuracy') is not None else ''} |"
+        for r in report.get("rounds") or []
+    )
+    head = ("| round | unlabelled pool | pseudo-labels taken | per class | pseudo-label accuracy | previous round's "
+            "test accuracy |\n|---|---|---|---|---|---|")
+    table = f"\n{head}\n{rows}\n" if rows else ""
+    skipped = (f" {report['skipped_unreadable']} unreadable unlabelled example(s) were skipped."
+               if report.get("skipped_unreadable") else "")
+    given = report.get("unlabeled_data")
+    source = f"(with `--unlabeled-data {given}`)" if given else "(from the training split)"
+    return f"""
+## Semi-supervised training
+Method: {report['method']}. Trained on {labelled} and an unlabelled pool of {report['unlabeled_pool']} examples
+{source}.{skipped} Validation and test data were never pseudo-labelled.
+{table}"""
+
+
 def write_model_card(folder: Path, scenario, config, results: dict, manifest: dict) -> None:
     """README.md: YAML metadata (model-index = the test metrics of all_results.json) and readable sections.
 
@@ -139,7 +168,7 @@ fmhub's Accelerate training loop, with this configuration (`train_config.yaml`):
 ```yaml
 {yaml.safe_dump(run_config, sort_keys=False).strip()}
 ```
-
+{semi_supervised_section(results.get("semi_supervised"))}
 ## Evaluation results
 Held-out test split ({results.get('num_examples')} examples); the same numbers are in `all_results.json`:
 
@@ -176,6 +205,13 @@ fmhub predict --scenario {scenario.name} --model {REPO_PLACEHOLDER} --input-file
 """
     card = ModelCard(content)  # parses the YAML: a malformed card fails here, not on the Hub
     (Path(folder) / "README.md").write_text(str(card), encoding="utf-8")
+
+
+def _pseudo_label_accuracy(entry: dict) -> str:
+    if not entry["taken"]:
+        return "–"
+    accuracy = entry.get("pseudo_label_accuracy")
+    return "unknown (no true labels)" if accuracy is None else _number(accuracy)
 
 
 def _number(value) -> str:

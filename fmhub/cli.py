@@ -15,6 +15,7 @@ from fmhub.config import TrainConfig, load_yaml, resolve_config
 from fmhub.errors import FmhubError
 from fmhub.model_folder import WRITE_ERRNOS, OutputFolder, describe_write_error
 from fmhub.registry import list_scenarios
+from fmhub.replies import DEFAULT_REPLY_MODE, add_reply_flags
 
 RUNTIMES = ("torch", "onnx")  # fmhub.export.RUNTIMES, without importing torch for --help
 
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", help="saved folder or Hub id (default: the cached embedded default)")
     predict.add_argument("--input-file", required=True, help='JSONL: {"text": ...} or {"path": ...} per line')
     predict.add_argument("--output", required=True, help="JSONL written with one result per input line")
+    add_reply_flags(predict)
     predict.add_argument("--runtime", choices=RUNTIMES, default=None,
                          help="torch (default) or onnx: the folder's ONNX export on ONNX Runtime (`fmhub export`)")
 
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--runtime", choices=RUNTIMES, default=None, help="torch (default) or onnx")
+    add_reply_flags(serve, DEFAULT_REPLY_MODE)
     for name in scenarios:
         serve.add_argument(f"--{name}-model", help=f"folder or Hub id for the {name} tab")
     return parser
@@ -129,6 +132,8 @@ def run_train(args: argparse.Namespace) -> int:
         OutputFolder(config.output_dir).check_unlocked()  # a running run's folder: refused before torch is imported
     from fmhub.runner import check_output_dir, train
 
+    if config.semi_supervised:  # rounds of self-training, each a run of the runner
+        from fmhub.semi_supervised import train_semi_supervised as train
     if main_process:
         check_output_dir(config)
     train(config)
@@ -180,6 +185,13 @@ def run_predict(args: argparse.Namespace) -> int:
     items = read_inputs(Path(args.input_file), scenario.input_key)
     predictor = load_predictor(args.scenario, args.model, args.runtime)
     results = predictor.predict(items)
+    if args.scenario == "customer-service" and args.replies == "generate":  # opt-in here: a batch waits for the model
+        from fmhub.replies import ReplyWriter, add_replies
+
+        writer = ReplyWriter(args.reply_model or os.environ.get("FMHUB_REPLY_MODEL"))
+        if not writer.wait():
+            raise FmhubError(f"the reply model could not be loaded: {writer.error}")
+        add_replies(writer, items, results)
     with open(args.output, "w", encoding="utf-8") as fh:
         for result in results:
             fh.write(json.dumps(result, ensure_ascii=False) + "\n")

@@ -101,6 +101,24 @@ class TrainConfig:
     )
     nan_policy: str = field(default="stop", metadata={"help": "stop | skip: what a NaN/Inf loss does"})
 
+    unlabeled_data: str | None = field(
+        default=None, metadata={"help": "semi-supervised: unlabelled examples (a JSONL/CSV with a `text` column, a "
+                                        "folder of image or audio files, or a Hub dataset `user/name[:split]`), "
+                                        "pseudo-labelled over --self-training-rounds"}
+    )
+    labels_per_class: float | None = field(
+        default=None, metadata={"help": "semi-supervised simulation: keep N labelled training examples per class "
+                                        "(or a share, if below 1; drawn with --seed) and use the rest as unlabelled"}
+    )
+    self_training_rounds: int = field(
+        default=2, metadata={"help": "with --unlabeled-data or --labels-per-class: rounds of pseudo-labelling "
+                                     "after the labelled-only round (0: labelled examples only)"}
+    )
+    pseudo_label_threshold: float = field(
+        default=0.0, metadata={"help": "semi-supervised: least confidence for a pseudo-label (besides the model's "
+                                       "own out-of-scope threshold, when it has one)"}
+    )
+
     export: str = field(default="none", metadata={"help": "none | onnx: also write onnx/model.onnx and the int8 "
                                                           "onnx/model_quantized.onnx at the end (`fmhub export`)"})
     push_to_hub: bool = field(default=False, metadata={"help": "push the saved model to the Hub at the end"})
@@ -136,6 +154,19 @@ class TrainConfig:
             raise FmhubError("give either --resume (continue the run) or --overwrite (start over), not both")
         if (self.resume or self.resume_from) and not self.output_dir:
             raise FmhubError("--resume needs --output-dir (the folder of the interrupted run)")
+        if self.labels_per_class is not None and (self.labels_per_class <= 0 or (
+                self.labels_per_class >= 1 and self.labels_per_class != int(self.labels_per_class))):
+            raise FmhubError(f"--labels-per-class must be a whole number of examples or a share in (0, 1), got "
+                             f"{self.labels_per_class}")
+        if self.labels_per_class is not None and self.labels_per_class >= 1:
+            self.labels_per_class = int(self.labels_per_class)  # a count: saved as 8, not 8.0
+        if self.self_training_rounds < 0:
+            raise FmhubError(f"--self-training-rounds must be 0 or more, got {self.self_training_rounds}")
+        if not 0 <= self.pseudo_label_threshold < 1:
+            raise FmhubError(f"--pseudo-label-threshold must be in [0, 1), got {self.pseudo_label_threshold}")
+        if self.semi_supervised and not self.output_dir:
+            raise FmhubError("--unlabeled-data and --labels-per-class need --output-dir (each round's model is "
+                             "kept there, so a killed run resumes at its round)")
         if self.push_to_hub and not self.hub_repo_id:
             raise FmhubError("--push-to-hub needs --hub-repo-id user/name")
         if self.freeze_backbone_epochs and not self.pretrained:
@@ -144,6 +175,10 @@ class TrainConfig:
             self.freeze_backbone_epochs = 0
         if self.freeze_backbone_epochs >= self.epochs and self.freeze_backbone_epochs > 0:
             raise FmhubError("--freeze-backbone-epochs must be smaller than --epochs, or the backbone never trains")
+
+    @property
+    def semi_supervised(self) -> bool:
+        return bool(self.unlabeled_data or self.labels_per_class)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -98,8 +98,16 @@ def _take_output_dir(config: TrainConfig, out: Path) -> RunLock:
     return lock
 
 
-def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_hook=None) -> Path:
-    """Fine-tune, calibrate, test and save. Returns the saved model folder."""
+def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_hook=None, splits=None,
+          extra_results: dict | None = None) -> Path:
+    """Fine-tune, calibrate, test and save. Returns the saved model folder.
+
+    With --unlabeled-data or --labels-per-class, `fmhub.semi_supervised.train_semi_supervised` runs the rounds of
+    self-training, each one a run of this function with `splits` (the DatasetDict it trains on instead of the
+    scenario's data); `extra_results` go into all_results.json and the model card."""
+    if config.semi_supervised and splits is None:
+        raise FmhubError("--unlabeled-data and --labels-per-class are trained by "
+                         "fmhub.semi_supervised.train_semi_supervised (what `fmhub train` runs)")
     scenario = get_scenario(config.scenario)
     backbone = scenario.resolve_backbone(config.model)
     out, final = _prepare_output_dir(config, scenario)
@@ -107,18 +115,20 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, fault_h
     lock = _take_output_dir(config, out) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     try:
-        return _train(config, scenario, backbone, out, final, accelerator, lock, progress, fault_hook)
+        return _train(config, scenario, backbone, out, final, accelerator, lock, progress, fault_hook, splits,
+                      extra_results)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(config, scenario, backbone, out, final, accelerator, lock, progress, fault_hook) -> Path:
+def _train(config, scenario, backbone, out, final, accelerator, lock, progress, fault_hook, splits=None,
+           extra_results=None) -> Path:
     """The run itself, in a folder this process holds (main process: `lock`)."""
     seed_everything(config.seed)
     started = time.perf_counter()
     with accelerator.main_process_first():
-        data = scenario.load_splits(config)
+        data = scenario.load_splits(config) if splits is None else splits
     label_names = scenario.label_names(data)
     model, processor = scenario.build_model(config, label_names)
     with accelerator.main_process_first():
@@ -176,6 +186,7 @@ def _train(config, scenario, backbone, out, final, accelerator, lock, progress, 
     results["train_seconds"] = round(time.perf_counter() - started, 1)
     results["train_steps"] = result.steps
     results["best_validation_" + config.metric_for_best_model] = result.best_metric
+    results.update(extra_results or {})
 
     if accelerator.is_main_process:
         with write_errors(f"the model folder {out}"):

@@ -17,6 +17,17 @@ sys.path.insert(0, str(ROOT / "tests"))
 ARTIFACTS = ROOT / "test-artifacts"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Bit-identical results across processes need the same kernels: one torch thread for the module's tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("fmhub_home")
@@ -27,6 +38,7 @@ def _isolated_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_text_backbone(tmp_path_factory) -> Path:
     """A 2-layer, 64-wide BERT with the MiniLM tokenizer: random weights, real architecture, seconds to train."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from fmhub.models.auto import resolve_model_path
@@ -41,6 +53,7 @@ def tiny_text_backbone(tmp_path_factory) -> Path:
         intermediate_size=128,
         max_position_embeddings=128,
     )
+    torch.manual_seed(0)  # the same random weights in every session: a failure seen once is seen again
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -109,3 +109,14 @@ def test_failing_model_quick(tmp_path):
         assert row["chat_failed_replies"] == row["chat_requests"] == 12
         assert row["calls_before"] == 10 and row["calls_during"] >= 10
         assert 0 < row["p50_before_ms"] <= row["p95_before_ms"] and row["p95_ratio"] > 0
+
+
+def test_semi_supervised_quick(tmp_path):
+    stdout, report = run_quick("semi_supervised", tmp_path, "--scenario", "customer-service", "--seeds", "0,1",
+                               "--labels-per-class", "4", "--rounds", "1", "--baseline-from-round-0")
+    assert report["mode"] == "low-label" and [r["seed"] for r in report["runs"]] == [0, 1]
+    for run in report["runs"]:
+        assert 0 <= run["labelled_only"]["accuracy"] <= 1 and 0 <= run["semi_supervised"]["accuracy"] <= 1
+        assert [r["round"] for r in run["semi_supervised"]["rounds"]] == [1]
+    (row,) = table_rows(stdout, "scenario")
+    assert row[:3] == ["customer-service", "4 per class", "2"] and "±" in row[3] and "±" in row[4]

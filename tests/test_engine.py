@@ -44,12 +44,8 @@ EVERY = 4  # checkpoint interval: 4, 8, 12 are mid-epoch, 14 is the epoch end
 
 # -- shared set-up ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Bit-identical results across processes need the same kernels: one thread in-process and in subprocesses."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """One torch thread for every test here (conftest's `one_thread`)."""
 
 
 def subprocess_env() -> dict[str, str]:

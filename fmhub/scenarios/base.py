@@ -57,6 +57,11 @@ class Scenario:
         """The split `fmhub evaluate` scores: the test split of the data."""
         return self.load_splits(config, label_names)["test"]
 
+    def load_unlabeled(self, source: str, like, label_names: list[str]):
+        """`--unlabeled-data`: a `fmhub.data.unlabeled.Pool` whose rows have the columns of `like` (the training
+        split); unreadable files skipped and counted, labelled data refused."""
+        raise NotImplementedError(f"{self.name} takes no --unlabeled-data")
+
     def label_names(self, data) -> list[str]:
         return list(data["train"].features["label"].names)
 

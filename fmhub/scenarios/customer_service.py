@@ -88,6 +88,11 @@ class CustomerService(Scenario):
             raise FmhubError(f"the training data has {len(in_scope)} intent label(s); at least 2 are needed")
         return rows_to_datasets(rows, in_scope)
 
+    def load_unlabeled(self, source: str, like, label_names: list[str]):
+        from fmhub.data.unlabeled import text_pool
+
+        return text_pool(source, like)
+
     # -- model --------------------------------------------------------------------------------------------------
     def build_model(self, config: TrainConfig, label_names: list[str]):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -67,6 +67,11 @@ class MedicalImage(Scenario):
             names = list(label_names)  # a .npz has no names: the model's, in its order
         return image_data.arrays_to_datasets(splits, names)
 
+    def load_unlabeled(self, source: str, like, label_names: list[str]):
+        from fmhub.data.unlabeled import image_pool
+
+        return image_pool(source, like, label_names)
+
     # -- model --------------------------------------------------------------------------------------------------
     def build_model(self, config: TrainConfig, label_names: list[str]):
         from fmhub.models.timm_backbone import OFFLINE_LITE0_ARCHS, TimmClassifier, create_backbone

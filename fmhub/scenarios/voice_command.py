@@ -134,6 +134,11 @@ class VoiceCommand(Scenario):
                 return ad.dataset_dict({"test": (waves, labels)}, list(label_names))["test"]
         return self.load_splits(config, label_names)["test"]
 
+    def load_unlabeled(self, source: str, like, label_names: list[str]):
+        from fmhub.data.unlabeled import audio_pool
+
+        return audio_pool(source, label_names)
+
     # -- model --------------------------------------------------------------------------------------------------
     def build_model(self, config: TrainConfig, label_names: list[str]):
         from transformers import (

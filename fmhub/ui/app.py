@@ -22,6 +22,7 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from fmhub.registry import list_scenarios, scenario_class  # noqa: E402
+from fmhub.replies import DEFAULT_REPLY_MODE, add_reply_flags, configured_writer  # noqa: E402
 from fmhub.ui.models import BOOTSTRAP, ModelSlot  # noqa: E402
 
 log = logging.getLogger("fmhub.app")
@@ -46,6 +47,8 @@ class AppConfig:
     queue_size: int = QUEUE_MAX_SIZE
     concurrency: int = CONCURRENCY
     runtime: str | None = None  # torch | onnx; None: FMHUB_RUNTIME, else torch
+    replies: str | None = None  # customer service: template | generate; None: FMHUB_REPLIES, else the default
+    reply_model: str | None = None  # the reply model (None: FMHUB_REPLY_MODEL, else the PyPI SmolLM2 GGUF)
 
 
 def available_tabs() -> dict:
@@ -84,6 +87,8 @@ def build_app(config: AppConfig | None = None) -> tuple[gr.Blocks, dict[str, Mod
     tabs = available_tabs()
     wanted = config.scenarios if config.scenarios is not None else tuple(tabs)
     slots = {s: ModelSlot(s, config.models.get(s), config.runtime) for s in wanted if s in tabs}
+    if "customer-service" in slots:  # --replies generate: the reply model loads once, in the background
+        slots["customer-service"].reply_writer = configured_writer(config.replies, config.reply_model)
     with gr.Blocks(title="fmhub demo hub", delete_cache=(600, 900)) as demo:
         gr.Markdown(
             "# fmhub demo hub\nFine-tuned foundation models, served from this machine: pick a scenario below. "
@@ -226,7 +231,10 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
     host = getattr(args, "host", None) or os.environ.get("FMHUB_HOST") or file_values.get("host") or "127.0.0.1"
     port = getattr(args, "port", None) or os.environ.get("FMHUB_PORT") or file_values.get("port") or 7860
     runtime = getattr(args, "runtime", None) or file_values.get("runtime")
-    return AppConfig(host=host, port=int(port), models=models, runtime=runtime)
+    replies = getattr(args, "replies", None) or file_values.get("replies")
+    reply_model = getattr(args, "reply_model", None) or file_values.get("reply_model")
+    return AppConfig(host=host, port=int(port), models=models, runtime=runtime, replies=replies,
+                     reply_model=reply_model)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -236,6 +244,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML file: host, port, runtime, models: {scenario: folder or Hub id}")
     parser.add_argument("--runtime", choices=("torch", "onnx"),
                         help="torch (default; FMHUB_RUNTIME) or onnx: each model's ONNX export on ONNX Runtime")
+    add_reply_flags(parser, DEFAULT_REPLY_MODE)
     for scenario in list_scenarios():
         parser.add_argument(f"--{scenario}-model", help=f"folder or Hub id for the {scenario} tab")
     return parser.parse_args(argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import re
 import traceback
@@ -61,23 +62,39 @@ def friendly_errors(fn=None, *, slot: ModelSlot | None = None):
     if fn is None:
         return functools.partial(friendly_errors, slot=slot)
 
+    def translated(err: Exception) -> gr.Error:
+        if isinstance(err, ModelLoadFailed):
+            return gr.Error(public_text(err, slot), title="Model failed to load", print_exception=False)
+        if isinstance(err, ModelNotReady):
+            return gr.Error(public_text(err, slot), title="Model not ready", print_exception=False)
+        if isinstance(err, FmhubError):
+            log.warning("handler %s refused its input: %s", fn.__name__, bounded_log_text(str(err)))
+            return gr.Error(public_text(err, slot), print_exception=False)
+        log.error("handler %s failed:\n%s", fn.__name__, bounded_log_text(traceback.format_exc()))
+        return gr.Error("Something went wrong while processing this input. Please try another one.",
+                        print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):  # a streaming handler: its errors surface while it is iterated
+
+        @functools.wraps(fn)
+        def streaming(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as err:
+                raise translated(err) from None
+
+        return streaming
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except ModelLoadFailed as err:
-            raise gr.Error(public_text(err, slot), title="Model failed to load", print_exception=False) from None
-        except ModelNotReady as err:
-            raise gr.Error(public_text(err, slot), title="Model not ready", print_exception=False) from None
-        except FmhubError as err:
-            log.warning("handler %s refused its input: %s", fn.__name__, bounded_log_text(str(err)))
-            raise gr.Error(public_text(err, slot), print_exception=False) from None
-        except Exception:
-            log.error("handler %s failed:\n%s", fn.__name__, bounded_log_text(traceback.format_exc()))
-            raise gr.Error("Something went wrong while processing this input. Please try another one.",
-                           print_exception=False) from None
+        except Exception as err:
+            raise translated(err) from None
 
     return wrapper
 

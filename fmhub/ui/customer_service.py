@@ -35,16 +35,35 @@ EXAMPLES = [
 ]
 
 
-def format_reply(result: dict) -> str:
+def format_reply(result: dict, answer: str | None = None, written: bool = False) -> str:
+    """The chat's reply: `answer` (default: the FAQ text) and a small line saying what decided it."""
+    answer = result["answer"] if answer is None else answer
     if result["label"] == "empty":
-        return result["answer"]
+        return answer
     if result["label"] == "out_of_scope":
         tag = f"out of scope (closest intent `{result['intent']}`, confidence {result['score']:.0%}) · handed off"
     else:
         tag = f"intent `{result['intent']}` · confidence {result['score']:.0%}"
         if result["handoff"]:
             tag += " · handed off to a human"
-    return f"{result['answer']}\n\n<sub>{tag}</sub>"
+        if written:
+            tag += " · written by the reply model from the FAQ"
+    return f"{answer}\n\n<sub>{tag}</sub>"
+
+
+def customer_messages(history: list) -> list[str]:
+    """The customer's earlier messages in the (bounded) chat history, oldest first, as plain text."""
+    texts = []
+    for item in history:
+        item = item.model_dump() if hasattr(item, "model_dump") else item
+        if not isinstance(item, dict) or item.get("role") != "user":
+            continue
+        content = item.get("content")
+        if isinstance(content, list):
+            content = " ".join(c.get("text", "") for c in content if isinstance(c, dict))
+        if isinstance(content, str) and content.strip():
+            texts.append(clean_text(content))
+    return texts
 
 
 def _as_message(item):
@@ -95,6 +114,7 @@ def bounded_chatbot(**kwargs) -> gr.Chatbot:
 
 
 def build_customer_service_tab(slot: ModelSlot) -> None:
+    writer = slot.reply_writer  # fmhub.replies.ReplyWriter under `--replies generate`, else None
     gr.Markdown(
         "Ask the shop's assistant anything about orders, delivery, returns, payments or your account. "
         "It detects your intent, answers from the FAQ, and hands you to a human when you ask for one or when "
@@ -117,20 +137,34 @@ def build_customer_service_tab(slot: ModelSlot) -> None:
     @friendly_errors(slot=slot)
     def respond(text: str, history: list | None):
         history = list(history or [])  # already bounded by bounded_chatbot
+        earlier = customer_messages(history)
         shown = (clean_text(text) if isinstance(text, str) else "") or "…"
         try:
             result = slot.get().predict([text if isinstance(text, str) else ""])[0]
         except ModelNotReady as err:  # ModelLoadFailed too
             failed = isinstance(err, ModelLoadFailed)
             opening = "Sorry, I cannot answer right now" if failed else "The model is not ready yet"
-            answer, details_value = f"{opening}: {public_text(err, slot)}.", None
-        else:
-            answer = format_reply(result)
-            details_value = {k: result[k] for k in ("label", "intent", "score", "handoff")}
-            details_value["top_scores"] = dict(sorted(result["scores"].items(), key=lambda kv: -kv[1])[:3])
-            details_value["out_of_scope"] = result.get("out_of_scope")  # its scores, thresholds and what decided
-        history += [{"role": "user", "content": shown}, {"role": "assistant", "content": answer}]
-        return history[-2 * MAX_HISTORY_TURNS :], "", details_value, summary_markdown(slot)
+            answer = f"{opening}: {public_text(err, slot)}."
+            history += [{"role": "user", "content": shown}, {"role": "assistant", "content": answer}]
+            yield history[-2 * MAX_HISTORY_TURNS :], "", None, summary_markdown(slot)
+            return
+        details_value = {k: result[k] for k in ("label", "intent", "score", "handoff")}
+        details_value["top_scores"] = dict(sorted(result["scores"].items(), key=lambda kv: -kv[1])[:3])
+        details_value["out_of_scope"] = result.get("out_of_scope")  # its scores, thresholds and what decided
+        history += [{"role": "user", "content": shown}, {"role": "assistant", "content": format_reply(result)}]
+        if writer is None:
+            details_value["reply"] = {"reply_source": "template"}
+            yield history[-2 * MAX_HISTORY_TURNS :], "", details_value, summary_markdown(slot)
+            return
+        for partial, info in writer.stream(clean_text(text) if isinstance(text, str) else "", result, earlier):
+            if info is None:  # the reply model is writing: show what it has so far
+                history[-1] = {"role": "assistant", "content": partial + " …"}
+                yield history[-2 * MAX_HISTORY_TURNS :], "", details_value, gr.skip()
+            else:
+                history[-1] = {"role": "assistant",
+                               "content": format_reply(result, partial, written=info.source == "generated")}
+                details_value["reply"] = info.as_dict()
+        yield history[-2 * MAX_HISTORY_TURNS :], "", details_value, summary_markdown(slot)
 
     @friendly_errors(slot=slot)
     def classify(text: str) -> dict:

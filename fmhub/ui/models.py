@@ -64,6 +64,7 @@ class ModelSlot:
         self.load_error: str | None = None  # the last load failed (why, one line); None once loaded
         self.load_attempts = 0
         self._predictor = None
+        self.reply_writer = None  # customer service under --replies generate: fmhub.replies.ReplyWriter
         self._next_refusal = 0.0  # time.monotonic() from which the next refusal may be answered
         self._loading: threading.Event | None = None  # set while a load runs; other requests wait on it
         self._lock = threading.Lock()  # guards the fields above only, never held across a load

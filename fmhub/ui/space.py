@@ -25,6 +25,7 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from fmhub.errors import FmhubError  # noqa: E402
+from fmhub.replies import configured_writer  # noqa: E402
 from fmhub.ui.app import (  # noqa: E402
     CONCURRENCY,
     MAX_IMAGE_PIXELS,
@@ -113,6 +114,8 @@ def build_space_demo(scenario: str, model: str | None = None) -> gr.Blocks:
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     title, build_tab = available_tabs()[scenario]
     slot = ModelSlot(scenario, model)
+    if scenario == "customer-service":  # the FMHUB_REPLIES / FMHUB_REPLY_MODEL variables, as in the hub app
+        slot.reply_writer = configured_writer()
     with gr.Blocks(title=f"fmhub {title}", delete_cache=(600, 900)) as demo:
         gr.Markdown(f"# {title}")
         build_tab(slot)
