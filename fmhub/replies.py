@@ -138,12 +138,24 @@ def finish_reply(text: str, complete: bool) -> str:
 
 
 MIN_FAQ_WORDS = 3  # a reply must carry at least this many of the help text's content words (the customer's aside)
+# Intents whose FAQ "answer" is a closing pleasantry ("Thanks for chatting with us! Have a lovely day, and come back
+# any time..."): there is no fact to pass on, and a polite goodbye in other words ("You're welcome! I hope you have a
+# great day!") is the answer. Such a reply needs one word of the whole FAQ entry that the customer did not write,
+# polite words included, instead of MIN_FAQ_WORDS facts of the help text. The guard judges it like any other reply.
+# (Greetings are not here: their entry offers what the assistant can help with, and a greeting that does not pass
+# that on is not an answer.)
+CLOSING_INTENTS = frozenset({"goodbye"})
 
 
-def carries_the_answer(reply: str, helptext: str, customer: list[str]) -> bool:
+def carries_the_answer(reply: str, helptext: str, customer: list[str], *, intent: str | None = None,
+                       faq: str | None = None) -> bool:
     """Whether the reply passes on the FAQ's answer: at least MIN_FAQ_WORDS content words of the help text that the
-    customer did not write (a polite reply that says nothing is not a reply)."""
+    customer did not write (a polite reply that says nothing is not a reply). For a closing intent (CLOSING_INTENTS)
+    one word of the whole FAQ entry `faq` that the customer did not write is enough."""
     said = set().union(*(_content_words(c) for c in customer)) if customer else set()
+    if intent in CLOSING_INTENTS:
+        wanted = _content_words(faq or helptext) - said
+        return not wanted or bool(wanted & _content_words(reply))
     wanted = _content_words(helptext) - said - {_stem(w) for w in REPLY_WORDS}
     return len(wanted & _content_words(reply)) >= min(MIN_FAQ_WORDS, len(wanted))
 
@@ -402,7 +414,7 @@ class ReplyWriter:
             info = ReplyInfo(TEMPLATE)
             for attempt, sentences in enumerate((self.sentences, self.sentences + 1), 1):
                 final = None
-                for final, info in self._attempt(message, earlier, faq, t0, sentences):
+                for final, info in self._attempt(message, earlier, faq, t0, sentences, result.get("label")):
                     if info is None:
                         yield final, None
                 info.attempts, info.queued_s = attempt, t0 - asked
@@ -427,7 +439,8 @@ class ReplyWriter:
             return f"reply model failed to load: {self.error}" if self.error else "reply model still loading"
         return None
 
-    def _attempt(self, message, earlier, faq, t0, sentences) -> Iterator[tuple[str | None, ReplyInfo | None]]:
+    def _attempt(self, message, earlier, faq, t0, sentences, intent=None
+                 ) -> Iterator[tuple[str | None, ReplyInfo | None]]:
         """One try: yields (text so far, None) while the model writes, then (reply or None, ReplyInfo)."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -500,7 +513,7 @@ class ReplyWriter:
             if not final or not verdict.ok:
                 info.source, info.reason = "template", reason or GUARD_REFUSED
                 info.rejected = list(verdict.reasons) or ["no complete sentence"]
-            elif not carries_the_answer(final, helptext, customer):
+            elif not carries_the_answer(final, helptext, customer, intent=intent, faq=faq):
                 info.source, info.reason = "template", NOT_THE_ANSWER
             else:
                 yield final, info

@@ -348,10 +348,14 @@ _PROMISES = tuple(  # (pattern, alternatives | None: its own content words | "wh
     )
 )
 # Any other "we'll <verb>" / "I will <verb>" is a commitment too: its verb must be one the FAQ uses ("we'll look into
-# it"), or a harmless one. Sending and e-mailing count as the same act.
+# it"), or a harmless one. Sending and e-mailing count as the same act. An adverb is not the verb ("we'll also send"
+# is judged by "send"), and a phrase whose verb is not written yet (a streamed reply checked at "...we'll also" or
+# "...we'll make sure to") is judged once it is: the check of the finished reply still sees every commitment.
+_ADVERBS = r"also|then|gladly|happily|personally|just|now|still|definitely|certainly"
 _COMMITMENT = re.compile(
     r"\b(?:we|i)(?:'ll|\s+will|\s+shall|\s+are going to|'re going to|'m going to|\s+am going to)"
-    r"\s+(?:also\s+|then\s+|gladly\s+|happily\s+|personally\s+|make sure to\s+)?([a-z]+(?:-[a-z]+)?)"
+    rf"\s+(?:(?:{_ADVERBS})\s+|make sure to\s+)*"
+    rf"(?!(?:{_ADVERBS})\b|make(?:\s+sure(?:\s+to)?)?\s*$)([a-z]+(?:-[a-z]+)?)"
 )
 _HARMLESS_VERBS = frozenset("be help assist do try see need have keep let get answer explain guide show".split())
 _HANDOFF_VERBS = frozenset("pass connect transfer hand put forward escalate".split())
@@ -376,6 +380,19 @@ _STATUS = re.compile(
     r"\s+(?:currently\s+|now\s+|already\s+)?(?P<status>out for delivery|in transit|delivered|delayed|lost|on its way|"
     r"at (?:the|our) (?:depot|warehouse)|being (?:prepared|packed|processed)|stuck|held|in customs)"
 )
+
+
+# Nor can it see the stock: "your red kettle is still in stock!" is a claim (a customer asking "is it in stock?" or
+# saying "it's sold out" does not ground it), and the FAQ's conditional ("if something is sold out", "as soon as it's
+# back in stock") grounds no statement about their item. Only a conditional may name a stock status. "Available
+# for/to/..." is about something else ("express delivery is available for most items"), and a streamed reply that
+# stops at "available" is judged when the next word is there.
+_STOCK = re.compile(
+    r"\b(?:it|they|(?:your|the|this|that|these|those) [a-z-]+(?: [a-z-]+)?)(?: is| are|'s|'re)\s+"
+    r"(?:still |now |currently |already |definitely |back )*(?P<status>in stock|sold out|out of stock|discontinued|"
+    r"(?:un)?available(?! (?:for|to|on|at|in|via|from|with)\b)(?!\s*$))\b"
+)
+_CONDITIONAL = re.compile(r"\b(?:if|when|once|as soon as|whether|until|unless|whenever)\s+$")
 
 
 def _when_supported(phrase: str, faq_stems: frozenset[str]) -> bool:
@@ -412,6 +429,9 @@ def _promise_reasons(reply_norm: str, faq: str, grounds: str, *, handoff: bool) 
     for match in _STATUS.finditer(reply_norm):
         if not match["status"] or _plain(match["status"]) not in grounds_plain:
             reasons.append(f"claims to know the order's status: '{match.group(0).strip()}'")
+    for match in _STOCK.finditer(reply_norm):
+        if not _CONDITIONAL.search(reply_norm[max(0, match.start() - 12) : match.start()]):
+            reasons.append(f"claims to know the stock: '{match.group(0).strip()}'")
     for pattern in _CLAIMS:
         for match in pattern.finditer(reply_norm):
             if handoff and match[1] in _HANDOFF_ACTIONS:

@@ -67,6 +67,25 @@ def test_a_reply_must_pass_on_the_faq_answer():
                                   ["forgot my password"])
 
 
+def test_a_goodbye_passes_on_a_closing_not_facts():
+    faq = FAQ["goodbye"]
+    for message, reply in [("you've been very helpful, take care", "You're welcome! I hope you have a great day!"),
+                           ("alright I'm done here, thanks", "You're welcome! I'm glad you're happy with the help. "
+                            "If you have any other needs, just let me know.")]:  # the reply model's own words
+        helptext = help_text(message, faq)
+        assert not carries_the_answer(reply, helptext, [message])  # three facts of "Thanks for chatting with us!"
+        assert carries_the_answer(reply, helptext, [message], intent="goodbye", faq=faq)
+    # still one word of the entry that the customer did not write: an apology is no goodbye
+    assert not carries_the_answer("I'm sorry for your trouble.", help_text("bye", faq), ["bye"], intent="goodbye",
+                                  faq=faq)
+    assert not carries_the_answer("Have a great day!", help_text("have a great day", faq), ["have a great day"],
+                                  intent="goodbye", faq=faq)
+    # other intents keep the rule, greetings included (their entry offers what the assistant helps with)
+    greeting = help_text("I need some help with something", FAQ["greeting"])
+    assert not carries_the_answer("I'm here to help with any orders you need today.", greeting,
+                                  ["I need some help with something"], intent="greeting", faq=FAQ["greeting"])
+
+
 def test_grounded_vocabulary_allows_only_the_faq_the_customer_and_glue_words():
     import torch
     from transformers import AutoTokenizer

@@ -207,6 +207,50 @@ def test_numbers_are_tied_to_their_units_and_to_the_customer():
     assert not check_reply("Standard delivery takes 1-3 working days.", shipping, "").ok
 
 
+def test_a_commitment_is_judged_by_its_verb_not_an_adverb_nor_before_the_verb_is_written():
+    stock, address = FAQ["product_availability"], FAQ["change_address"]
+    # a streamed reply is checked at every whole word: "...we'll also" has no verb yet, so it is no promise yet
+    for prefix in (
+        "Sorry about that, we'll also",
+        "Sorry, I'll just",
+        "Please update it and we'll make sure to",
+        "Please update it and we'll make",
+        "We'll now",
+    ):
+        assert check_reply(prefix, address, "new address").ok, prefix
+    # ... and once the verb is there it is judged as before: one the FAQ uses passes, any other does not
+    assert check_reply("Click \"Notify me\" and we'll also e-mail you when it's back.", stock, "in stock?").ok
+    for reply in (
+        "Sorry about that, we'll also refund you.",
+        "I'll just cancel it for you.",
+        "We'll now reserve one for you.",
+        "We'll make sure to refund it.",
+        "Please update it and we'll make sure it's changed.",
+    ):
+        verdict = check_reply(reply, stock, "is it in stock")
+        assert not verdict.ok and any("promise" in r for r in verdict.reasons), (reply, verdict.reasons)
+
+
+def test_the_stock_of_the_customers_item_is_not_known():
+    faq = FAQ["product_availability"]
+    for reply, message in [
+        ("I'm sorry your red kettle is still in stock!", "do you still sell the red kettle"),
+        ("Good news, it's back in stock!", "is it back yet"),
+        ("Yes, the TV is in stock.", "is the TV in stock"),  # the customer's question is no ground
+        ("Sorry, the red kettle is currently unavailable.", "is the red kettle available"),
+        ("Sadly they are sold out.", "the sandals"),
+    ]:
+        verdict = check_reply(reply, faq, message)
+        assert not verdict.ok and any("stock" in r for r in verdict.reasons), (reply, verdict.reasons)
+    for reply in (
+        "If it's sold out, click \"Notify me\" and we'll e-mail you as soon as it's back in stock.",
+        'Stock levels are shown on the product page; when it\'s sold out, click "Notify me".',
+    ):
+        assert check_reply(reply, faq, "is the TV in stock").ok, reply  # a conditional states no stock
+    assert check_reply("Express delivery is available for most items.", FAQ["shipping_info"], "express?").ok
+    assert check_reply("Sorry, it's available", faq, "x").ok  # streamed: "available for ..." may follow
+
+
 def test_dates_names_and_contacts_from_the_customer_may_be_repeated():
     faq = FAQ["order_status"]
     customer = ["Hi, I'm Priya. I ordered on 3 May and it was due Tuesday", "my email is priya@example.com"]
