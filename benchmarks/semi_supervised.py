@@ -6,12 +6,14 @@ trained once with `--self-training-rounds 0` (labelled only) and once with self-
 --rounds). Validation and test splits are the embedded ones, untouched.
 
 All-labels mode (`--all-labels --pool PATH`): every labelled example, without and with `--unlabeled-data PATH` (a
-pool disjoint from the data set): self-training must not cost more than 0.5 points there.
+pool disjoint from the data set): self-training must not cost more than 0.5 points there. `--pool auto` builds one:
+text, the 132 customer messages of `benchmarks/data/reply_eval.jsonl` (written apart from the training data) with
+their labels dropped; image, 400 synthetic scans from a random stream the embedded splits never use.
 
     python benchmarks/semi_supervised.py --scenario customer-service --output benchmarks/results/ssl_text.json
     python benchmarks/semi_supervised.py --scenario medical-image --output benchmarks/results/ssl_image.json
     python benchmarks/semi_supervised.py --scenario voice-command --output benchmarks/results/ssl_audio.json
-    python benchmarks/semi_supervised.py --scenario medical-image --all-labels --pool PATH --output ...json
+    python benchmarks/semi_supervised.py --scenario medical-image --all-labels --pool auto --output ...json
     python benchmarks/semi_supervised.py --scenario customer-service --quick --seeds 0   # smoke test, tiny model
 
 Runs go through the CLI into --work-dir (default: a temp folder); a run whose all_results.json exists is not redone and
@@ -68,6 +70,34 @@ def summary(run: dict) -> dict:
     }
 
 
+POOL_IMAGES = 400
+POOL_IMAGE_SEED = 101  # the embedded splits are rendered with seed 0: no image in common
+
+
+def auto_pool(scenario: str, work: Path) -> Path:
+    """An unlabelled pool disjoint from the embedded data set (see the module's docstring)."""
+    if scenario == "customer-service":
+        path = work / "pool-texts.jsonl"
+        rows = [json.loads(line) for line in (ROOT / "benchmarks/data/reply_eval.jsonl").read_text().splitlines()
+                if line.strip()]
+        path.write_text("".join(json.dumps({"text": row["text"]}) + "\n" for row in rows))
+        return path
+    if scenario == "medical-image":
+        from PIL import Image
+
+        from fmhub.data import medical_synth
+        from fmhub.data.image_data import EMBEDDED_SIZE
+
+        folder = work / "pool-images"
+        if len(list(folder.glob("*.png"))) != POOL_IMAGES:
+            folder.mkdir(parents=True, exist_ok=True)
+            images, _, _ = medical_synth.generate(POOL_IMAGES, size=EMBEDDED_SIZE, seed=POOL_IMAGE_SEED)
+            for i, image in enumerate(images):
+                Image.fromarray(image).save(folder / f"scan-{i:04d}.png")
+        return folder
+    raise SystemExit(f"--pool auto: no disjoint pool is built for {scenario}; pass a PATH")
+
+
 def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -87,10 +117,11 @@ def main() -> int:
                                                    "(default: fmhub's)")
     parser.add_argument("--all-labels", action="store_true",
                         help="every label, without and with --unlabeled-data --pool (no --labels-per-class)")
-    parser.add_argument("--pool", help="unlabelled data disjoint from the data set, for --all-labels")
+    parser.add_argument("--pool", help="unlabelled data disjoint from the data set, for --all-labels; `auto`: "
+                                       "built here (text and image)")
     parser.add_argument("--baseline-from-round-0", action="store_true",
-                        help="low-label mode: read labelled-only accuracy from each semi-supervised run's round 0 "
-                             "(the same labelled examples, seed and recipe) instead of training it again")
+                        help="read labelled-only accuracy from each semi-supervised run's round 0 (the same labelled "
+                             "examples, seed and recipe) instead of training it again")
     parser.add_argument("--quick", action="store_true", help="smoke test: a tiny random backbone, 1 epoch, 30 rows")
     parser.add_argument("--work-dir", help="folder for the runs and logs (default: a temp folder)")
     parser.add_argument("--output", help="JSON file for the results")
@@ -101,6 +132,8 @@ def main() -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="fmhub-ssl-"))
     work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.pool == "auto":
+        args.pool = str(auto_pool(args.scenario, work))
     common = ["--scenario", args.scenario, "--report-to", "none"]
     if args.quick:
         common += ["--model", tiny_backbones(work / "backbones")[args.scenario], *QUICK]
@@ -119,7 +152,7 @@ def main() -> int:
         print(f"seed {seed}", flush=True)
         seeded = [*common, "--seed", str(seed)]
         semi = summary(train_run(work / f"semi-seed{seed}", [*seeded, *semi_flags], work / f"semi-seed{seed}.log"))
-        if args.baseline_from_round_0 and not args.all_labels and semi["rounds"]:
+        if args.baseline_from_round_0 and semi["rounds"]:
             base = {"accuracy": semi["rounds"][0]["teacher_test_accuracy"], "from": "round 0 of the run"}
         else:
             base = summary(train_run(work / f"base-seed{seed}", [*seeded, *base_flags], work / f"base-seed{seed}.log"))
