@@ -85,8 +85,9 @@ class TrainConfig:
     augment: bool = field(default=True, metadata={"help": "training-time augmentation (image, audio)"})
     voice_families: str | None = field(
         default=None, metadata={"help": "audio, embedded corpus: synthesizer families to train on, comma-separated "
-                                        "(espeak-ng, piper, mbrola, pico; `--voice-families=-piper`: every "
-                                        "installed one but piper; default: every installed one)"}
+                                        "(espeak-ng, piper, mbrola, pico, gnuspeech; `--voice-families=-piper`: "
+                                        "every installed one but piper; default: every installed one; opt-in: "
+                                        "kokoro, e.g. `--voice-families=+kokoro` adds it)"}
     )
     temperature_scaling: bool = field(default=False, metadata={"help": "fit a temperature on validation data"})
 

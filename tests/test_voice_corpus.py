@@ -28,6 +28,21 @@ def test_family_choice_defaults_to_every_installed_family_and_can_leave_one_out(
         vc.parse_families(",".join(f"-{f}" for f in installed))
 
 
+def test_opt_in_families_join_only_when_named(monkeypatch):
+    default = vc.installed_families()
+    assert "kokoro" in vc.all_families() and "kokoro" not in default
+    assert vc.parse_families(None) == default
+    monkeypatch.setattr(voice_families, "available", lambda family: family in ("piper", "kokoro"))
+    assert vc.installed_families() == ["espeak-ng", "piper"]  # installed, but still not in the default
+    assert vc.parse_families("+kokoro") == ["espeak-ng", "piper", "kokoro"]
+    assert vc.parse_families("-piper,+kokoro") == ["espeak-ng", "kokoro"]
+    assert vc.parse_families("espeak-ng,kokoro") == vc.parse_families("espeak-ng,+kokoro") == ["espeak-ng", "kokoro"]
+    assert vc.parse_families("kokoro") == ["kokoro"]
+    monkeypatch.setattr(voice_families, "available", lambda family: False)
+    with pytest.raises(FmhubError, match="voice family kokoro is not installed: .*install-voices"):
+        vc.parse_families("+kokoro")
+
+
 def test_a_family_that_is_not_installed_says_what_to_install(monkeypatch):
     monkeypatch.setattr(voice_families, "available", lambda family: False)
     assert vc.installed_families() == ["espeak-ng"]

@@ -77,3 +77,53 @@ def test_gnuspeech_speakers_differ_and_the_worker_reports_bad_requests(monkeypat
     monkeypatch.setitem(vf._gnuspeech_speakers(), short, {"no_such_setting": 1.0})
     with pytest.raises(FmhubError, match="unknown setting no_such_setting"):
         vf.synthesize("gnuspeech", "left", short)
+
+
+# -- kokoro: opt-in (OPTIONAL_FAMILIES), so not in the parametrized tests above -------------------------------------
+COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+
+
+def test_kokoro_is_opt_in_and_known():
+    assert "kokoro" in vf.OPTIONAL_FAMILIES and "kokoro" not in vf.FAMILIES
+    assert "kokoro" in vf.missing_hint("kokoro") and "install-voices" in vf.missing_hint("kokoro")
+
+
+def test_kokoro_phonemes_are_kokoros_own_alphabet():
+    if not vf.available("kokoro"):
+        pytest.skip(vf.missing_hint("kokoro"))
+    vocab = vf._engine(vf._Kokoro).vocab
+    for accent in ("en-us", "en-gb"):
+        for word in (*COMMANDS, "zero", "four", "fire", "church", "judge", "button", "bird", "happy"):
+            phonemes = vf.kokoro_phonemes(word, accent)
+            assert phonemes and set(phonemes) <= set(vocab), (word, accent, phonemes)
+    # diphthongs become Kokoro's single letters, American and British "go" differ, r-coloured vowels spell out ɹ
+    assert [vf.kokoro_phonemes(w, "en-us") for w in ("yes", "no", "right", "down", "bird")] == \
+        ["jˈɛs", "nˈO", "ɹˈIt", "dˈWn", "bˈɜɹd"]
+    assert [vf.kokoro_phonemes(w, "en-gb") for w in ("no", "stop", "bird")] == ["nˈQ", "stˈɒp", "bˈɜːd"]
+
+
+def test_kokoro_says_a_word_identically_and_faster_when_asked():
+    voice = _need("kokoro")
+    wave = vf.synthesize("kokoro", "yes", voice)
+    assert wave.dtype == np.float32 and wave.ndim == 1
+    assert 0.15 <= len(wave) / 16000 <= 1.2 and 0.05 < np.abs(wave).max() <= 1.0
+    first = vf.synthesize("kokoro", "yes", voice, tempo=1.1, pitch=2.0, variant=3)
+    vf.synthesize("kokoro", "no", voice)
+    with ThreadPoolExecutor(2) as pool:
+        again = list(pool.map(lambda _: vf.synthesize("kokoro", "yes", voice, tempo=1.1, pitch=2.0, variant=3),
+                              range(2)))
+    for wave in again:
+        np.testing.assert_array_equal(wave, first)
+    faster, slower = (vf.synthesize("kokoro", "yes", voice, tempo=t) for t in (1.3, 0.8))
+    assert len(faster) < len(slower)
+
+
+def test_every_kokoro_voice_speaks():
+    _need("kokoro")
+    voices = vf.voices("kokoro")
+    assert len(voices) == 28 and {v[:3] for v in voices} == {"af_", "am_", "bf_", "bm_"}
+    for k, voice in enumerate(voices):  # one command each, round the ten
+        wave = vf.synthesize("kokoro", COMMANDS[k % len(COMMANDS)], voice)
+        assert 0.15 <= len(wave) / 16000 <= 1.2 and 0.05 < np.abs(wave).max() <= 1.0, voice
+    with pytest.raises(FmhubError, match="unknown kokoro voice"):
+        vf.synthesize("kokoro", "yes", "jf_alpha")  # Japanese voices are not offered

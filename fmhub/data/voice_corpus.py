@@ -1,6 +1,7 @@
 """The embedded keyword-spotting corpus across synthesizer *families*: espeak-ng (`fmhub.data.speech_corpus`, many
 voices, held out by voice) plus every other family installed here (`fmhub.data.voice_families`: Piper's neural
-voice, MBROLA's diphone voices recorded from real speakers, SVOX Pico).
+voice, MBROLA's diphone voices recorded from real speakers, SVOX Pico, GnuSpeech), and the opt-in families
+(`voice_families.OPTIONAL_FAMILIES`: Kokoro's 28 neural voices) only when named (`--voice-families=+kokoro`).
 
 A model that has heard only espeak-ng's formant voice learns that voice, not the words: the families are what teach
 it the words. Each extra family speaks the ten commands `renditions(voices)` times per word (36, or 3 per voice for
@@ -56,29 +57,35 @@ HARD_NEGATIVE_SEED = 7
 
 
 def all_families() -> tuple[str, ...]:
-    return (ESPEAK, *voice_families.FAMILIES)
+    """Every family `--voice-families` knows: the default ones, then the opt-in ones (`OPTIONAL_FAMILIES`)."""
+    return (ESPEAK, *voice_families.FAMILIES, *voice_families.OPTIONAL_FAMILIES)
 
 
 def installed_families() -> list[str]:
-    """espeak-ng (always: a pip package) and every other family that works on this machine."""
+    """espeak-ng (always: a pip package) and every other default family that works on this machine (the default
+    choice; opt-in families such as kokoro join only when named)."""
     return [ESPEAK] + [f for f in voice_families.FAMILIES if voice_families.available(f)]
 
 
 def parse_families(value: str | None) -> list[str]:
-    """`--voice-families`: None -> every installed family; "a,b" -> those; "-a" -> every installed one but a."""
+    """`--voice-families`: None -> every installed default family; "a,b" -> those; "-a" -> every installed default
+    family but a; "+k" -> every installed default family and the opt-in family k ("+kokoro,-piper" combines both)."""
     installed = installed_families()
     if value is None or not str(value).strip():
         return installed
     names = [x.strip() for x in str(value).split(",") if x.strip()]
-    unknown = [n.lstrip("-") for n in names if n.lstrip("-") not in all_families()]
+    unknown = [n.lstrip("-+") for n in names if n.lstrip("-+") not in all_families()]
     if unknown:
         raise FmhubError(f"unknown voice famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
                          f"known: {', '.join(all_families())}")
-    if all(n.startswith("-") for n in names):
-        chosen = [f for f in installed if f not in {n[1:] for n in names}]
+    if all(n[0] in "-+" for n in names):
+        dropped = {n[1:] for n in names if n.startswith("-")}
+        chosen = [f for f in installed if f not in dropped]
+        chosen += [n[1:] for n in names if n.startswith("+") and n[1:] not in chosen + list(dropped)]
     else:
-        chosen = [n for n in names if not n.startswith("-")]
-    missing = [f for f in chosen if f not in installed]
+        chosen = [n.lstrip("+") for n in names if not n.startswith("-")]
+    missing = [f for f in chosen if f not in installed and not (f in voice_families.OPTIONAL_FAMILIES
+                                                                 and voice_families.available(f))]
     if missing:
         raise FmhubError("; ".join(f"voice family {f} is not installed: {voice_families.missing_hint(f)}"
                                    for f in missing))

