@@ -7,6 +7,7 @@ through `fmhub evaluate` on an audiofolder of that family's clips: its ten comma
 
     python benchmarks/voice_families.py --output benchmarks/results/voice_families.json   # ~5 min per family
     python benchmarks/voice_families.py --families piper --keep runs/lofo                # one family, keep models
+    python benchmarks/voice_families.py --with kokoro     # the opt-in Kokoro family in every training set, and held out
 
 Prints a markdown table: command accuracy, detector recall at the calibrated threshold, non-command accept rate.
 """
@@ -72,12 +73,16 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", help="comma-separated (default: every installed family)")
+    parser.add_argument("--with", dest="extra", default="",
+                        help="opt-in families added to every training set, e.g. kokoro (the row holding one out "
+                             "trains without it)")
     parser.add_argument("--keep", help="folder to keep the trained models and logs in (default: a temp folder)")
     parser.add_argument("--output", help="JSON file for the results")
     parser.add_argument("train_args", nargs="*", help="extra `fmhub train` flags, after --")
     args = parser.parse_args()
     installed = voice_corpus.installed_families()
-    families = args.families.split(",") if args.families else installed
+    extra = [f for f in args.extra.split(",") if f]
+    families = args.families.split(",") if args.families else installed + extra
     work = Path(args.keep or tempfile.mkdtemp(prefix="fmhub-lofo-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -85,7 +90,8 @@ def main() -> int:
         out, data = work / f"without-{family}", work / f"clips-{family}"
         counts = family_folder(family, data)
         train_s = run([sys.executable, "-m", "fmhub", "train", "--scenario", "voice-command",
-                       f"--voice-families=-{family}", "--output-dir", str(out), *args.train_args],
+                       "--voice-families=" + ",".join([f"-{family}"] + [f"+{f}" for f in extra if f != family]),
+                       "--output-dir", str(out), *args.train_args],
                       work / f"train-{family}.log")
         eval_dir = work / f"eval-{family}"
         run([sys.executable, "-m", "fmhub", "evaluate", "--scenario", "voice-command", "--model", str(out),
@@ -93,7 +99,7 @@ def main() -> int:
         scores = json.loads((eval_dir / "all_results.json").read_text())
         trained = yaml.safe_load((out / "train_config.yaml").read_text()).get("voice_families")
         rows.append({
-            "held_out_family": family, "trained_on": trained or ",".join(f for f in installed if f != family),
+            "held_out_family": family, "trained_on": trained or ",".join(f for f in installed + extra if f != family),
             "command_clips": counts["command"], "other_word_clips": counts["other"],
             "command_accuracy": scores.get("command_accuracy"),
             "detector_recall": scores.get("command_recall_at_threshold"),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,3 +121,33 @@ def test_semi_supervised_quick(tmp_path):
         assert [r["round"] for r in run["semi_supervised"]["rounds"]] == [1]
     (row,) = table_rows(stdout, "scenario")
     assert row[:3] == ["customer-service", "4 per class", "2"] and "±" in row[3] and "±" in row[4]
+
+
+def test_voice_stream_rules_replays_the_detector_on_saved_window_probabilities(tmp_path):
+    """The stream-rule benchmark's parts: the command stream keeps each clip's span, the running mean is exact, and
+    its rules fire as the detector does (c2: two agreeing windows; m3: the mean of three)."""
+    import soundfile as sf
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import voice_stream_rules as vsr
+
+    for label in ("yes", "no", "_unknown_"):
+        (tmp_path / label).mkdir()
+        for k in range(2):
+            sf.write(tmp_path / label / f"test_{k}_clean.wav", np.full(16000, 0.1 * (k + 1), np.float32), 16000)
+    stream, spans = vsr.command_stream(tmp_path, clips=10)
+    assert len(spans) == 4 and {s[2] for s in spans} == {"yes", "no"}  # other words stay out
+    for start, end, _ in spans:  # each span holds one whole clip (constant 0.1 or 0.2), the gaps only quiet noise
+        clip = stream[round(start * 16000):round(end * 16000)]
+        assert end - start == 1.0 and np.ptp(clip) == 0 and round(float(clip[0]), 4) in (0.1, 0.2)
+    assert np.abs(stream[:round(spans[0][0] * 16000)]).max() < 0.02
+    probs = np.random.default_rng(0).dirichlet(np.ones(4), size=9).astype(np.float32)
+    ours = vsr.mean_of_last(probs, 3)
+    for i in range(9):
+        assert np.allclose(ours[i], probs[max(0, i - 2):i + 1].mean(0), atol=1e-6)
+    names = ["yes", "no", "_silence_", "_unknown_"]
+    sure = np.array([[0.1, 0, 0, 0.9]] * 4 + [[0.95, 0, 0, 0.05]] * 2 + [[0.1, 0, 0, 0.9]] * 4, np.float32)
+    times = np.arange(len(sure)) * 0.25
+    assert [d["label"] for d in vsr.detections("c2", sure, times, names, 0.9)] == ["yes"]
+    assert vsr.detections("c3", sure, times, names, 0.9) == []
+    assert vsr.detections("m3", sure, times, names, 0.9) == []  # two sure windows of three: mean 0.67

@@ -17,6 +17,7 @@ import pytest
 from fmhub.errors import FmhubError
 from fmhub.replies import (
     GENERATE,
+    RETRY_WITHIN_S,
     TEMPLATE,
     OnlyTheseTokens,
     ReplyWriter,
@@ -176,6 +177,17 @@ def test_a_random_model_streams_then_the_guard_or_the_answer_check_sends_the_faq
         assert check_reply(final, FAQ["account_access"], ["I forgot my password"]).ok
     for shown, _ in events[:-1]:  # every partial text shown was checked by the guard
         assert check_reply(shown, FAQ["account_access"], ["I forgot my password"]).ok
+
+
+def test_a_first_try_that_ended_after_the_retry_bound_is_not_tried_again(tiny_reply_model):
+    writer = ReplyWriter(str(tiny_reply_model))
+    assert writer.retry_within_s == RETRY_WITHIN_S >= 8.0  # a 60-token first try takes 4-6 s on 2 busy cores
+    assert writer.wait(timeout=60), writer.error
+    writer.retry_within_s = 0.0  # every first try "ended too late"
+    final, info = writer.write("I forgot my password", result_for("account_access"))
+    assert info.attempts == 1
+    if info.source == "template":
+        assert final == FAQ["account_access"]
 
 
 def test_chats_queue_for_the_model_and_a_long_wait_gets_the_faq_text(tiny_reply_model):

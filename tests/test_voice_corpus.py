@@ -74,6 +74,22 @@ def test_a_family_of_few_voices_is_split_by_rendition_with_every_voice_in_every_
     assert vc.family_path(extra_family, ad.corpus_dir()) == vc.family_path(extra_family, ad.corpus_dir())
 
 
+def test_a_slow_family_says_each_command_once_per_voice_with_its_voices_held_out_by_split(monkeypatch):
+    """Kokoro (FAMILY_SIZES): one rendition of each command per voice and four other-word clips per rendition,
+    split by voice; planned without synthesising, so it runs where Kokoro is not installed."""
+    names = [f"af_{k:02d}" for k in range(28)]
+    monkeypatch.setattr(voice_families, "voices", lambda family: list(names))
+    plan = vc._plan("kokoro", seed=0)
+    assert vc.renditions(len(names), "kokoro") == len(names) and vc.unknown_per_rendition("kokoro") == 4
+    assert len(plan) == len(corpus.COMMANDS) * 28 + 4 * 28
+    for word in corpus.COMMANDS:
+        assert sorted(s["voice"] for s in plan if s["label"] == word) == names  # every voice says it once
+    heard = {split: {s["voice"] for s in plan if s["split"] == split} for split in corpus.SPLITS}
+    assert not heard["train"] & (heard["validation"] | heard["test"]) and not heard["validation"] & heard["test"]
+    assert (len(heard["train"]), len(heard["validation"]), len(heard["test"])) == (20, 4, 4)
+    assert vc._plan("kokoro", seed=0) == plan  # deterministic
+
+
 def test_a_family_of_many_voices_holds_out_its_validation_and_test_speakers():
     family = next((f for f in ("mbrola", "gnuspeech") if voice_families.available(f)), None)
     if family is None:

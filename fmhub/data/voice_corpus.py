@@ -5,7 +5,8 @@ voice, MBROLA's diphone voices recorded from real speakers, SVOX Pico, GnuSpeech
 
 A model that has heard only espeak-ng's formant voice learns that voice, not the words: the families are what teach
 it the words. Each extra family speaks the ten commands `renditions(voices)` times per word (36, or 3 per voice for
-a family of many voices) and four times as many other words, spread over its voices, at random tempo (0.75-1.35x),
+a family of many voices; a slow family in `FAMILY_SIZES`, Kokoro: once per voice) and four times as many other words
+as renditions, spread over its voices, at random tempo (0.75-1.35x),
 pitch (+-3 semitones) and, for half the clips, a vocal-tract warp (resampling by 0.88-1.14, which moves formants and
 pitch together like another speaker). Renditions go round the voices. A family of a few voices (Piper, Pico) sends
 each round to the next of train, train, train, train, validation, test (4:1:1, every voice in every split); a family
@@ -43,6 +44,9 @@ VERSION = "2"
 FAMILY_RENDITIONS = 36  # per command word and family of a few voices: 24/6/6 train/validation/test
 RENDITIONS_PER_VOICE = 3  # ... at least this many per voice for a family of many voices
 UNKNOWN_PER_RENDITION = 4  # other words per command rendition, cycling through speech_corpus.UNKNOWN_WORDS
+# a slow family's own (command renditions per voice, other-word clips per command rendition): Kokoro's 28 voices each
+# say each command once, and 112 other words go round them (392 clips)
+FAMILY_SIZES = {"kokoro": (1, 4)}
 VOICE_SPLIT_MIN = 6  # a family of this many voices or more is split by voice, not by rendition
 TEMPO_RANGE = (0.75, 1.35)
 PITCH_SEMITONES = 3.0
@@ -94,9 +98,16 @@ def parse_families(value: str | None) -> list[str]:
     return chosen
 
 
-def renditions(n_voices: int) -> int:
-    """Command renditions per word for a family of `n_voices` voices."""
+def renditions(n_voices: int, family: str | None = None) -> int:
+    """Command renditions per word for `family` (or any family) of `n_voices` voices."""
+    if family in FAMILY_SIZES:
+        return FAMILY_SIZES[family][0] * n_voices
     return max(FAMILY_RENDITIONS, RENDITIONS_PER_VOICE * n_voices)
+
+
+def unknown_per_rendition(family: str | None = None) -> int:
+    """Other-word clips per command rendition for `family`."""
+    return FAMILY_SIZES[family][1] if family in FAMILY_SIZES else UNKNOWN_PER_RENDITION
 
 
 def voice_split(index: int, rendition: int, n_voices: int) -> str:
@@ -109,15 +120,16 @@ def voice_split(index: int, rendition: int, n_voices: int) -> str:
 def _plan(family: str, seed: int) -> list[dict]:
     voices = voice_families.voices(family)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7, *family.encode()]))
-    count = renditions(len(voices))
+    count = renditions(len(voices), family)
+    others = unknown_per_rendition(family) * count
     plan = []
     for word in corpus.COMMANDS:
         for r in range(count):
             plan.append({"label": word, "text": word, "rendition": r})
     cycle = []
-    while len(cycle) < UNKNOWN_PER_RENDITION * count:
+    while len(cycle) < others:
         cycle.extend(rng.permutation(len(corpus.UNKNOWN_WORDS)).tolist())
-    for r in range(UNKNOWN_PER_RENDITION * count):
+    for r in range(others):
         plan.append({"label": UNKNOWN, "text": corpus.UNKNOWN_WORDS[cycle[r]], "rendition": r})
     for spec in plan:  # each voice in turn
         r = spec["rendition"]
@@ -161,7 +173,8 @@ def family_path(family: str, cache_dir: Path, seed: int = 0, progress: bool = Tr
         raise FmhubError(f"voice family {family} is not installed: {voice_families.missing_hint(family)}")
     params = {"version": VERSION, "family": family, "seed": seed, "voices": voice_families.voices(family),
               "engine": voice_families.engine_version(family),
-              "renditions": renditions(len(voice_families.voices(family))), "unknown": UNKNOWN_PER_RENDITION,
+              "renditions": renditions(len(voice_families.voices(family)), family),
+              "unknown": unknown_per_rendition(family),
               "voice_split_min": VOICE_SPLIT_MIN, "words": corpus.UNKNOWN_WORDS, "tempo": TEMPO_RANGE,
               "pitch": PITCH_SEMITONES, "warp": WARP_RANGE, "peak_db": corpus.PEAK_DBFS_RANGE}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
