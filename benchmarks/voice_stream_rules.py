@@ -22,6 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json  # noqa: E402
 
+from fmhub.audio import SAMPLE_RATE as RATE  # noqa: E402  (every clip and stream here is 16 kHz mono)
+
 RULES = ("c1", "c2", "c3", "m2", "m3")
 THRESHOLDS = (0.5, 0.6, 0.7, 0.79, 0.85, 0.9, 0.95)
 GAP_S = 1.25
@@ -39,14 +41,14 @@ def command_stream(folder: Path, clips: int, seed: int = 0) -> tuple[np.ndarray,
         raise SystemExit(f"{folder}: no command clips (*/*_clean.wav)")
     rng = np.random.default_rng(seed)
     files = [files[i] for i in rng.permutation(len(files))[:clips]]
-    gap = int(GAP_S * 16000)
+    gap = int(GAP_S * RATE)
     parts, spans, pos = [], [], 0
     for f in files:
         wave, rate = sf.read(f, dtype="float32")
-        if rate != 16000 or wave.ndim != 1:
+        if rate != RATE or wave.ndim != 1:
             raise SystemExit(f"{f}: expected 16 kHz mono")
         parts += [(rng.standard_normal(gap) * 10 ** (-55 / 20)).astype(np.float32), wave]
-        spans.append(((pos + gap) / 16000, (pos + gap + len(wave)) / 16000, f.parent.name))
+        spans.append(((pos + gap) / RATE, (pos + gap + len(wave)) / RATE, f.parent.name))
         pos += gap + len(wave)
     return np.concatenate([*parts, np.zeros(gap, np.float32)]), spans
 
@@ -85,12 +87,12 @@ def main() -> int:
     fa_probs, fa_starts = scan(predictor.predict_windows, fa)
     stream, spans = command_stream(Path(args.clips), args.clips_in_stream)
     cs_probs, cs_starts = scan(predictor.predict_windows, stream)
-    hours = len(fa) / 16000 / 3600
+    hours = len(fa) / RATE / 3600
     rows = []
     for rule in args.rules.split(","):
         for t in THRESHOLDS:
-            fired = detections(rule, fa_probs, fa_starts / 16000, names, t)
-            found = detections(rule, cs_probs, cs_starts / 16000, names, t)
+            fired = detections(rule, fa_probs, fa_starts / RATE, names, t)
+            found = detections(rule, cs_probs, cs_starts / RATE, names, t)
             hit = wrong = 0
             for start, end, label in spans:
                 near = [d["label"] for d in found if start - MATCH_S <= d["time"] <= end + MATCH_S]

