@@ -7,7 +7,7 @@ through `fmhub evaluate` on an audiofolder of that family's clips: its ten comma
 
     python benchmarks/voice_families.py --output benchmarks/results/voice_families.json   # ~5 min per family
     python benchmarks/voice_families.py --families piper --keep runs/lofo                # one family, keep models
-    python benchmarks/voice_families.py --with kokoro     # the opt-in Kokoro family in every training set, and held out
+    python benchmarks/voice_families.py --with kokoro    # the opt-in Kokoro family in every training set, and held out
 
 Prints a markdown table: command accuracy, detector recall at the calibrated threshold, non-command accept rate.
 """

@@ -31,7 +31,7 @@ MATCH_S = 0.5
 
 
 def command_stream(folder: Path, clips: int, seed: int = 0) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
-    """Clean command clips of an audiofolder, each after GAP_S of noise at -55 dBFS; (stream, [(start, end, label)])."""
+    """Clean command clips of a folder, each after GAP_S of noise at -55 dBFS; (stream, [(start, end, label)])."""
     import soundfile as sf
 
     from fmhub.data.audio_data import SILENCE, UNKNOWN
