@@ -201,7 +201,7 @@ def test_folder_holds_the_page_runtime_and_served_model(static_folder, cs_model)
     # the large files are stored gzipped and inflate to exactly what they were
     assert gzip.decompress((static_folder / f"ort/{ORT_WEB_BINARY}{GZIP}").read_bytes()) == \
         (ort_web_dist() / ORT_WEB_BINARY).read_bytes()
-    # the graph the export serves: int8 when it kept the parity bar (the real defaults), else fp32 (a tiny random model)
+    # the graph the export serves: int8 when it kept the parity bar (real defaults), else fp32 (a tiny random model)
     graph = static_folder / f"models/customer-service/onnx/{serving_file(cs_model).name}{GZIP}"
     assert gzip.decompress(graph.read_bytes()) == serving_file(cs_model).read_bytes()
     settings = json.loads((static_folder / "models/customer-service/settings.json").read_text())
